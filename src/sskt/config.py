@@ -1,0 +1,239 @@
+"""Typed run configuration. YAML presets and command-line overrides fill these dataclasses; nothing executes code.
+
+Every field has a one-line docstring: jsonargparse shows it in ``sskt train --help``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DataConfig:
+    """What the target trains and is evaluated on."""
+
+    name: str = "fashion_mnist"
+    """Dataset name; `sskt list datasets` shows the choices."""
+    root: str | None = None
+    """Folder holding the data; None uses $SSKT_DATA, then the dataset's own default location."""
+    download: bool = True
+    """Let torchvision download a missing public dataset (needs network)."""
+    labels_per_class: int | None = None
+    """Keep only N labelled training images per class (stratified, chosen by subset_seed); None keeps all."""
+    subset_seed: int | None = None
+    """Seed choosing the labelled subset; None uses the run seed, so every method sees the same subset."""
+    augment: str = "default"
+    """Augmentation preset: 'default' (the dataset's standard: random crop with padding + flip) or 'none'."""
+    image_size: int | None = None
+    """Side length images are resized to on load (imagefolder); None keeps the dataset's native size."""
+    batch_size: int = 128
+    """Training batch size (labelled images per step)."""
+    eval_batch_size: int = 1000
+    """Batch size for evaluation."""
+    num_workers: int = 0
+    """DataLoader worker processes for datasets decoded from files; in-memory datasets need none."""
+    unlabeled: str | None = None
+    """Images for the auxiliary tasks only: 'rest' (training images outside the labelled subset), a dataset split
+    such as 'stl10:unlabeled', or a folder of images. None uses labelled images only."""
+    unlabeled_ratio: int = 0
+    """Unlabelled images per labelled image in a batch."""
+    unlabeled_primary: bool = False
+    """Pass unlabelled images through the primary head as well (they never enter the primary loss)."""
+
+
+@dataclass
+class ModelConfig:
+    """The target network."""
+
+    name: str = "resnet20"
+    """Architecture; `sskt list models` shows the choices (timm models as 'timm:<name>')."""
+    pretrained: bool = False
+    """Initialise from ImageNet weights where the architecture has them (torchvision, timm, efficientnet_lite0)."""
+
+
+@dataclass
+class SourceConfig:
+    """One frozen pretrained source network."""
+
+    name: str = "efficientnet_lite0.imagenet"
+    """Source name 'arch.weights'; `sskt list sources` shows the choices ('timm:<name>', 'checkpoint:<path>')."""
+    weights: str | None = None
+    """Local file or URL overriding where the source's weights come from."""
+    input_size: int | None = None
+    """Resize the target's image to this square size for the source; None keeps the size (or uses resize_factor)."""
+    resize_factor: float | None = None
+    """Bilinear resize by this factor (the released code's 7/3 for CIFAR/STL10); used when input_size is None."""
+    bn_mode: str = "eval"
+    """BatchNorm mode of the source: 'eval' (running statistics, the default) or 'train' (the released code)."""
+    weight: float = 1.0
+    """Per-source factor on its auxiliary loss, on top of the method's alpha."""
+
+
+@dataclass
+class HeadConfig:
+    """Auxiliary heads attached to the target, one per source."""
+
+    kind: str = "linear"
+    """'linear' (on the pooled final feature) or 'tm' (transfer module over stage outputs)."""
+    width: int | None = None
+    """Transfer-module width W; None uses 64 for CIFAR ResNets and 1000 for ImageNet-style backbones."""
+    stages: list[int] | None = None
+    """Indices of the backbone stages that feed the transfer module; None uses all of them."""
+
+
+@dataclass
+class KDConfig:
+    """Knowledge distillation (Hinton et al. 2015)."""
+
+    teacher: str | None = None
+    """Teacher source: 'checkpoint:<run dir or file>' of a trained run with the target's label space."""
+    temperature: float = 4.0
+    """Softmax temperature T."""
+    lam: float = 0.9
+    """Weight lambda of the distillation term; (1 - lambda) weighs the label cross-entropy."""
+    legacy: bool = False
+    """Use the released code's elementwise-mean KL (kd_legacy) instead of batchmean."""
+    teacher_input_size: int | None = None
+    """Resize the target's image to this size for the teacher; None keeps the size."""
+
+
+@dataclass
+class DMLConfig:
+    """Deep mutual learning (Zhang et al. 2018)."""
+
+    peers: list[str] = field(default_factory=lambda: ["resnet56"])
+    """Architectures of the peers besides the target (the paper uses resnet50)."""
+    temperature: float = 1.0
+    """Softmax temperature of the mutual KL."""
+
+
+@dataclass
+class MAXLConfig:
+    """Meta auxiliary learning (Liu, Davison, Johns 2019)."""
+
+    psi: int = 10
+    """Auxiliary classes per primary class."""
+    generator: str | None = None
+    """Architecture of the label-generation network; None uses the target's."""
+    generator_lr: float = 1e-3
+    """SGD learning rate of the label generator."""
+    generator_weight_decay: float = 5e-4
+    """Weight decay of the label generator."""
+    inner_lr: float = 0.01
+    """Learning rate of the virtual step in the meta-update."""
+    entropy_weight: float = 0.2
+    """Weight of the regulariser that spreads generated labels over the auxiliary classes."""
+    second_order: bool = True
+    """Exact second-order meta-gradient; False uses the first-order finite-difference estimate."""
+
+
+@dataclass
+class MethodConfig:
+    """The training method and its losses."""
+
+    name: str = "scratch"
+    """Method; `sskt list methods` shows the choices."""
+    alpha: float = 1.0
+    """Weight of the summed auxiliary losses (SSKT)."""
+    temperature: float = 1.0
+    """Softmax temperature of the auxiliary loss (SSKT)."""
+    aux_loss: str = "ce"
+    """Auxiliary loss: 'ce', 'kd', 'kd_legacy' or 'focal'."""
+    primary_loss: str = "ce"
+    """Primary loss: 'ce' (single-label), 'focal', or 'bce' (multi-label)."""
+    alpha_schedule: str = "constant"
+    """Auxiliary-weight schedule: 'constant', 'warmup' (linear ramp) or 'cosine' (decay to alpha_floor)."""
+    alpha_warmup_epochs: int = 0
+    """Epochs of the linear ramp for alpha_schedule='warmup'."""
+    alpha_floor: float = 0.0
+    """Fraction of alpha that the cosine schedule ends at."""
+    kd: KDConfig = field(default_factory=KDConfig)
+    """KD settings."""
+    dml: DMLConfig = field(default_factory=DMLConfig)
+    """DML settings."""
+    maxl: MAXLConfig = field(default_factory=MAXLConfig)
+    """MAXL settings."""
+
+
+@dataclass
+class OptimConfig:
+    """SGD and its learning-rate schedule."""
+
+    lr: float = 0.1
+    """Initial learning rate (per batch of data.batch_size images)."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    weight_decay: float = 5e-4
+    """L2 weight decay."""
+    nesterov: bool = False
+    """Nesterov momentum."""
+    schedule: str = "multistep"
+    """'multistep', 'cosine' or 'constant'."""
+    milestones: list[int] = field(default_factory=lambda: [150, 250])
+    """Epochs at which 'multistep' multiplies the learning rate by gamma."""
+    gamma: float = 0.1
+    """Multistep decay factor."""
+    warmup_epochs: int = 0
+    """Linear learning-rate warm-up epochs before the schedule."""
+
+
+@dataclass
+class CacheConfig:
+    """Exact soft-label cache: stored augmentation views and the sources' logits for them."""
+
+    enabled: bool = False
+    """Replay stored views and their cached source logits instead of running the sources online."""
+    build: bool = True
+    """Build the cache on first use when it is missing (else fail)."""
+    views: int = 8
+    """Augmented views K stored per training image."""
+    dir: str | None = None
+    """Cache folder; None uses $SSKT_CACHE, then ~/.cache/sskt."""
+    topk: int | None = None
+    """Store only the top-k logits per view (plus the remaining mass); None keeps all classes."""
+
+
+@dataclass
+class TrainConfig:
+    """One training run."""
+
+    seed: int = 0
+    """Seed for initialisation, data order, augmentation and the labelled subset."""
+    epochs: int = 30
+    """Training epochs."""
+    out: str = "runs/default"
+    """Run directory (config.yaml, records.jsonl, summary.json, checkpoints/)."""
+    resume: bool = False
+    """Continue from the last checkpoint in the run directory."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Data."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Target network."""
+    sources: list[SourceConfig] = field(default_factory=list)
+    """Frozen source networks (SSKT)."""
+    head: HeadConfig = field(default_factory=HeadConfig)
+    """Auxiliary heads."""
+    method: MethodConfig = field(default_factory=MethodConfig)
+    """Training method."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser and schedule."""
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    """Soft-label cache."""
+    accelerator: str = "auto"
+    """Fabric accelerator: 'auto', 'cpu', 'cuda', 'mps'."""
+    devices: int = 1
+    """Devices per node."""
+    num_nodes: int = 1
+    """Nodes."""
+    strategy: str = "auto"
+    """Fabric strategy ('auto', 'ddp')."""
+    precision: str = "32-true"
+    """Fabric precision ('32-true', 'bf16-mixed', '16-mixed')."""
+    channels_last: bool = False
+    """Use channels-last memory format for target and sources."""
+    eval_every: int = 1
+    """Evaluate every N epochs (and always after the last)."""
+    progress: bool = True
+    """Show a progress bar."""
+    threads: int | None = None
+    """CPU threads for torch; None leaves torch's default."""
