@@ -1,0 +1,232 @@
+"""Training and evaluation batches.
+
+``TrainStream`` yields one epoch of ``Batch`` objects as a pure function of ``(seed, epoch)``: the sample order,
+the augmentation parameters and the unlabelled rows come from generators seeded by those two numbers only, so a
+resumed run replays exactly the batches it would have seen. In-memory splits are gathered by index from their
+uint8 tensor (no per-image Python); lazily decoded splits go through a ``DataLoader``.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from sskt.config import DataConfig, TrainConfig
+from sskt.data.augment import Augment, Normalize, build_augment
+from sskt.data.datasets import EXTRA_SPLITS, load_extra_split, stored_shape
+from sskt.data.folder import unlabeled_folder
+from sskt.data.spec import Batch, DatasetSpec, ImageSet
+from sskt.data.subsets import labeled_subset
+from sskt.errors import UserError
+
+
+class ViewProvider(Protocol):
+    """Stored augmentation views and their cached source logits (the soft-label cache)."""
+
+    def lookup(
+        self, indices: Tensor, generator: torch.Generator, split: str = "train"
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """For int64 [n] ``indices`` in index space ``split``, choose one stored view per sample with
+        ``generator`` and return its augmentation params int64 [n, P] and the cached logits float [n, C_m] per
+        source name."""
+        ...
+
+
+def epoch_generator(seed: int, epoch: int, purpose: str) -> torch.Generator:
+    """A CPU generator seeded by ``(seed, epoch, purpose)`` only; each purpose gets an independent stream, so
+    changing how one draws (say, the unlabelled ratio) never shifts another (the labelled order)."""
+    entropy = [seed % 2**64, epoch, zlib.crc32(purpose.encode())]
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) >> 1)
+
+
+@dataclass
+class Pool:
+    """Where rows of a batch come from: a split, the member indices, their index space and augmentation."""
+
+    name: str
+    """Index space of ``indices``: 'train', 'stl10:unlabeled', or 'folder:<absolute path>'."""
+    split: ImageSet
+    indices: Tensor
+    augment: Augment
+
+
+class _BatchReader(Dataset):
+    """Decodes whole batches of a lazy split, so a DataLoader worker returns one uint8 [b, C, H, W] per item."""
+
+    def __init__(self, split: ImageSet, batches: list[Tensor]) -> None:
+        self.split, self.batches = split, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> Tensor:
+        return torch.stack([self.split[int(j)][0] for j in self.batches[i]])
+
+
+def read_batches(split: ImageSet, batches: list[Tensor], num_workers: int = 0, images: Tensor | None = None):
+    """Yield uint8 [b, C, H, W] for each index batch: gathered from ``images`` (or ``split.images``) when the split
+    is in memory, else decoded by a DataLoader with ``num_workers`` processes."""
+    images = getattr(split, "images", None) if images is None else images
+    if images is not None:
+        for idx in batches:
+            yield images[idx.to(images.device)]
+        return
+    yield from DataLoader(_BatchReader(split, batches), batch_size=None, num_workers=num_workers)
+
+
+def labeled_indices(spec: DatasetSpec, cfg: TrainConfig) -> Tensor:
+    """The labelled training indices (sorted int64): all, or ``labels_per_class`` per class chosen by subset_seed."""
+    data = cfg.data
+    if data.labels_per_class is None:
+        return torch.arange(len(spec.train))
+    seed = cfg.seed if data.subset_seed is None else data.subset_seed
+    return labeled_subset(spec.train.labels, data.labels_per_class, seed)
+
+
+def unlabeled_pool(spec: DatasetSpec, data: DataConfig, labeled: Tensor) -> Pool | None:
+    """The unlabelled images named by ``data.unlabeled`` (None when unused); bad values are UserErrors."""
+    if data.unlabeled is None:
+        if data.unlabeled_ratio:
+            raise UserError(f"data.unlabeled_ratio={data.unlabeled_ratio} needs data.unlabeled (e.g. 'rest')")
+        return None
+    if data.unlabeled_ratio < 1:
+        raise UserError(
+            f"data.unlabeled={data.unlabeled!r} needs data.unlabeled_ratio >= 1; got {data.unlabeled_ratio}"
+        )
+    hw = stored_shape(spec.train)[-2:]
+    if data.unlabeled == "rest":
+        rest = torch.ones(len(spec.train), dtype=torch.bool).index_fill_(0, labeled, False).nonzero().squeeze(1)
+        if len(rest) == 0:
+            raise UserError("data.unlabeled='rest' is empty: every training image is labelled; set labels_per_class")
+        return Pool("train", spec.train, rest, build_augment(spec, data.augment))
+    if data.unlabeled in EXTRA_SPLITS:
+        name, split = data.unlabeled, load_extra_split(data.unlabeled, data)
+    elif Path(data.unlabeled).expanduser().is_dir():
+        path = Path(data.unlabeled).expanduser().resolve()
+        name, split = f"folder:{path}", unlabeled_folder(path, hw)
+    else:
+        valid = ", ".join(["rest", *EXTRA_SPLITS, "an existing folder of images"])
+        raise UserError(f"unknown data.unlabeled {data.unlabeled!r}; valid choices: {valid}")
+    if stored_shape(split)[-2:] != hw:
+        raise UserError(f"data.unlabeled {data.unlabeled!r} has {stored_shape(split)[-2:]} px images; {spec.name} {hw}")
+    return Pool(name, split, torch.arange(len(split)), build_augment(spec, data.augment, in_hw=hw))
+
+
+def _cycle(members: Tensor, total: int, generator: torch.Generator) -> Tensor:
+    """``total`` members drawn as back-to-back random permutations (each member once per pass)."""
+    passes = math.ceil(total / len(members))
+    return torch.cat([members[torch.randperm(len(members), generator=generator)] for _ in range(passes)])[:total]
+
+
+class TrainStream:
+    """Epochs of training batches, deterministic in ``(cfg.seed, epoch)``.
+
+    Each batch holds up to ``data.batch_size`` labelled rows, then ``unlabeled_ratio`` unlabelled rows per labelled
+    row. ``len(stream)`` is the number of steps per epoch (the last partial batch is kept). With ``device`` set,
+    in-memory images are kept on that device and augmented there.
+    """
+
+    def __init__(self, spec: DatasetSpec, cfg: TrainConfig, device: torch.device | str | None = None) -> None:
+        self.spec, self.seed, self.batch_size = spec, cfg.seed, cfg.data.batch_size
+        self.num_workers = cfg.data.num_workers
+        self.device = None if device is None else torch.device(device)
+        self.augment = build_augment(spec, cfg.data.augment)
+        self.normalize = Normalize(spec.mean, spec.std)
+        self.labeled = Pool("train", spec.train, labeled_indices(spec, cfg), self.augment)
+        self.unlabeled = unlabeled_pool(spec, cfg.data, self.labeled.indices)
+        self.ratio = cfg.data.unlabeled_ratio if self.unlabeled is not None else 0
+        self.provider: ViewProvider | None = None
+        self._resident: dict[str, Tensor] = {}
+
+    @property
+    def labeled_indices(self) -> Tensor:
+        """Sorted int64 train indices of the labelled images."""
+        return self.labeled.indices
+
+    @property
+    def unlabeled_name(self) -> str | None:
+        """Index space of unlabelled rows: 'train' for 'rest', 'stl10:unlabeled', 'folder:<path>'; None if unused."""
+        return None if self.unlabeled is None else self.unlabeled.name
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labeled.indices) / self.batch_size)
+
+    def set_view_provider(self, provider: ViewProvider | None) -> None:
+        """Replay stored views: epochs take augmentation params and ``Batch.soft`` from ``provider``."""
+        self.provider = provider
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        """The batches of ``epoch`` (0-based); the same ``(seed, epoch)`` always gives the same batches."""
+        order_gen = epoch_generator(self.seed, epoch, "order")
+        members = self.labeled.indices
+        labeled = list(members[torch.randperm(len(members), generator=order_gen)].split(self.batch_size))
+        views_gen = epoch_generator(self.seed, epoch, "views")
+        parts = [self._rows(self.labeled, labeled, epoch_generator(self.seed, epoch, "augment"), views_gen)]
+        if self.unlabeled is not None:
+            sizes = [self.ratio * len(b) for b in labeled]
+            drawn = _cycle(self.unlabeled.indices, sum(sizes), epoch_generator(self.seed, epoch, "unlabeled"))
+            aug_gen = epoch_generator(self.seed, epoch, "unlabeled_augment")
+            parts.append(self._rows(self.unlabeled, list(drawn.split(sizes)), aug_gen, views_gen))
+        for rows in zip(*parts, strict=True):
+            yield self._batch(rows)
+
+    def _rows(self, pool: Pool, batches: list[Tensor], aug_gen: torch.Generator, views_gen: torch.Generator):
+        """Yield ``(indices, images float normalised, params, soft)`` for each index batch drawn from ``pool``."""
+        params = pool.augment.sample(sum(len(b) for b in batches), aug_gen).split([len(b) for b in batches])
+        images = read_batches(pool.split, batches, self.num_workers, self._images(pool))
+        for idx, p, raw in zip(batches, params, images, strict=True):
+            soft = None
+            if self.provider is not None:  # the cache's stored view replaces the sampled one
+                p, soft = self.provider.lookup(idx, views_gen, pool.name)
+            raw = raw if self.device is None else raw.to(self.device, non_blocking=True)
+            yield idx, self.normalize(pool.augment.apply(raw, p)), p, soft
+
+    def _images(self, pool: Pool) -> Tensor | None:
+        """The pool's in-memory uint8 images, moved once to ``self.device`` (None for lazy splits)."""
+        images = getattr(pool.split, "images", None)
+        if images is None or self.device is None:
+            return images
+        if pool.name not in self._resident:
+            self._resident[pool.name] = images.to(self.device)
+        return self._resident[pool.name]
+
+    def _batch(self, rows: tuple) -> Batch:
+        idx = rows[0][0]
+        labels = self.labeled.split.labels[idx]
+        softs = [r[3] for r in rows]
+        soft = None if softs[0] is None else {k: torch.cat([s[k] for s in softs]) for k in softs[0]}
+        device = self.device or torch.device("cpu")
+        return Batch(
+            images=torch.cat([r[1] for r in rows]),
+            labels=labels.to(device),
+            indices=torch.cat([r[0] for r in rows]).to(device),
+            num_labeled=len(idx),
+            aug_params=torch.cat([r[2].to(device) for r in rows]),
+            soft=soft,
+        )
+
+
+def eval_batches(
+    split: ImageSet,
+    spec: DatasetSpec,
+    batch_size: int,
+    device: torch.device | str | None = None,
+    num_workers: int = 0,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield ``(images float [b, 3, S, S] normalised, unaugmented; labels [b])`` over ``split`` in order."""
+    augment = build_augment(spec, "none", in_hw=stored_shape(split)[-2:])
+    norm = Normalize(spec.mean, spec.std)
+    batches = list(torch.arange(len(split)).split(batch_size))
+    for idx, raw in zip(batches, read_batches(split, batches, num_workers), strict=True):
+        raw = raw if device is None else raw.to(device, non_blocking=True)
+        yield norm(augment.apply(raw, augment.identity_params(len(idx)))), split.labels[idx].to(raw.device)
