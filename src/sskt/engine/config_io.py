@@ -1,0 +1,55 @@
+"""TrainConfig to and from plain dicts and YAML (safe_dump / safe_load only: config files never execute code)."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sskt.config import TrainConfig
+from sskt.errors import UserError
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """A dataclass config as nested plain dicts/lists."""
+    return dataclasses.asdict(cfg)
+
+
+def _build(tp: Any, value: Any) -> Any:
+    """Rebuild ``value`` as type ``tp`` where ``tp`` is a dataclass or a list/optional of one."""
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return config_from_dict(tp, value)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is list and args and isinstance(value, list):
+        return [_build(args[0], v) for v in value]
+    if origin in (typing.Union, types.UnionType) and value is not None:
+        inner = [a for a in args if a is not type(None)]
+        return _build(inner[0], value) if len(inner) == 1 else value
+    return value
+
+
+def config_from_dict(cls: type, data: dict) -> Any:
+    """Build dataclass ``cls`` from a nested dict; unknown keys are a UserError naming the valid ones."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise UserError(f"unknown {cls.__name__} key {unknown[0]!r}; valid keys: {', '.join(names)}")
+    return cls(**{k: _build(hints[k], v) for k, v in data.items()})
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the fully resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a run's ``config.yaml`` back into a TrainConfig."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {str(path)!r} does not exist")
+    return config_from_dict(TrainConfig, yaml.safe_load(path.read_text()) or {})
