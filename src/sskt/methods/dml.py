@@ -1,0 +1,124 @@
+"""DML: Deep Mutual Learning (Zhang, Xiang, Hospedales, Lu, CVPR 2018).
+
+K peers (the target, then ``method.dml.peers``) train together from scratch, each with its own SGD optimizer and
+schedule. Peer k minimises ``CE(p_k, y) + 1/(K-1) sum_{l != k} KL(p_l || p_k)`` with the other peers' outputs
+detached. Updates alternate within a batch (the paper's Algorithm 1): update peer 1, recompute its output, update
+peer 2 against it, and so on.
+
+Only the peers already updated in this batch need recomputing: a peer's output from the batch's first forward stays
+valid until that peer steps. The recomputation runs on copies of the peer's buffers, so each peer's BatchNorm running
+statistics advance once per batch, as in scratch training.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from sskt.config import HeadConfig, ModelConfig
+from sskt.data.spec import Batch
+from sskt.errors import UserError
+from sskt.losses.mutual import dml_loss
+from sskt.methods import METHODS
+from sskt.methods.base import Method, MethodContext, StepOutput
+from sskt.models.base import TargetOutput
+from sskt.optim import build_scheduler, build_sgd
+
+if TYPE_CHECKING:
+    from lightning_fabric import Fabric
+
+
+def _logits(out: TargetOutput | Tensor) -> Tensor:
+    return out.logits if isinstance(out, TargetOutput) else out
+
+
+@torch.no_grad()
+def forward_keep_stats(net: nn.Module, images: Tensor) -> Tensor:
+    """Logits [B, C] of ``net`` in its current mode, without writing BatchNorm running statistics."""
+    params = dict(net.named_parameters())
+    buffers = {name: b.clone() for name, b in net.named_buffers()}
+    return _logits(functional_call(net, (params, buffers), (images,)))
+
+
+@METHODS.register("dml")
+class DML(Method):
+    """Deep mutual learning between the target and ``method.dml.peers``; every peer's accuracy is recorded."""
+
+    def __init__(self, ctx: MethodContext) -> None:
+        super().__init__(ctx)
+        from sskt.models import build_target  # the models layer registers its architectures on import
+
+        if ctx.spec.task != "single_label":
+            raise UserError(f"method 'dml' needs a single-label dataset; {ctx.spec.name!r} is {ctx.spec.task!r}")
+        if not self.cfg.method.dml.peers:
+            raise UserError("method.dml.peers is empty; DML needs at least one peer besides the target (e.g. resnet56)")
+        classes = ctx.spec.num_classes
+        self.names = ["target"] + [f"peer{i}" for i in range(1, len(self.cfg.method.dml.peers) + 1)]
+        nets = [build_target(self.cfg.model, classes, {}, self.cfg.head)]
+        for arch in self.cfg.method.dml.peers:
+            nets.append(
+                build_target(ModelConfig(name=arch, pretrained=self.cfg.model.pretrained), classes, {}, HeadConfig())
+            )
+        self.nets = nets
+
+    def setup(self, fabric: Fabric) -> None:
+        super().setup(fabric)
+        nets, opts, self.raw_nets, self.scheds = [], [], [], []
+        for net in self.nets:
+            if self.cfg.channels_last:
+                net = net.to(memory_format=torch.channels_last)
+            self.raw_nets.append(net)  # the raw module, for recomputing without DDP or stat updates
+            net, opt = fabric.setup(net, build_sgd(net.parameters(), self.cfg.optim))
+            nets.append(net)
+            opts.append(opt)
+            self.scheds.append(build_scheduler(opt, self.cfg.optim, self.cfg.epochs))
+        self.nets, self.opts = nets, opts
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        images, labels = batch.labeled_images, batch.labels
+        # Every peer's output before any update; each stays current until its own peer steps.
+        outputs = [_logits(net(images)) for net in self.nets]
+        first_logits = outputs[0].detach()
+        losses = []
+        for k, opt in enumerate(self.opts):
+            others = [out.detach() for j, out in enumerate(outputs) if j != k]
+            loss = dml_loss(outputs[k], labels, others, self.cfg.method.dml.temperature)
+            opt.zero_grad(set_to_none=True)
+            self.fabric.backward(loss)
+            opt.step()
+            losses.append(loss.detach())
+            if k < len(self.nets) - 1:  # the next peers learn from this peer's updated prediction
+                outputs[k] = forward_keep_stats(self.raw_nets[k], images)
+        logs = {f"{name}_loss": loss for name, loss in zip(self.names[1:], losses[1:], strict=True)}
+        return StepOutput(losses[0], first_logits, logs)
+
+    def end_epoch(self, epoch: int) -> None:
+        for sched in self.scheds:
+            sched.step()
+
+    def trained(self) -> dict[str, nn.Module]:
+        return dict(zip(self.names, self.nets, strict=True))
+
+    def evaluated(self) -> dict[str, nn.Module]:
+        return {("" if name == "target" else f"{name}_"): net for name, net in zip(self.names, self.nets, strict=True)}
+
+    def lr(self) -> float:
+        return self.opts[0].param_groups[0]["lr"]
+
+    def state_dict(self) -> dict:
+        return {
+            "nets": {name: net.state_dict() for name, net in zip(self.names, self.nets, strict=True)},
+            "opts": {name: opt.state_dict() for name, opt in zip(self.names, self.opts, strict=True)},
+            "scheds": {name: sched.state_dict() for name, sched in zip(self.names, self.scheds, strict=True)},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, objs in (("nets", self.nets), ("opts", self.opts), ("scheds", self.scheds)):
+            missing = set(self.names) - set(state[key])
+            if missing:
+                raise UserError(f"checkpoint lacks DML {key} for {sorted(missing)}; it has {sorted(state[key])}")
+            for name, obj in zip(self.names, objs, strict=True):
+                obj.load_state_dict(state[key][name])

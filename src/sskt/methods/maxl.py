@@ -1,0 +1,218 @@
+"""MAXL: Meta Auxiliary Learning (Liu, Davison, Johns, "Self-Supervised Generalisation with Meta Auxiliary
+Learning", NeurIPS 2019).
+
+A multi-task network ``f`` (the target with a primary head and a linear auxiliary head of ``psi * C`` classes) learns
+its primary task plus an auxiliary task whose labels come from a label generator ``g(x, y)``: an architecture whose
+``psi * C`` logits go through a softmax masked to the ``psi`` slots of the true class. ``f`` minimises
+``focal(f_pri(x), y) + focal(f_aux(x), g(x, y))``. ``g`` is meta-learned: after one virtual SGD step of ``f``,
+``theta+ = theta - inner_lr * grad_theta(L_pri + L_aux)``, the primary loss ``L_pri(theta+)`` should be low;
+``g`` descends ``L_pri(theta+) + entropy_weight * sum_k pbar_k log pbar_k`` (second order through ``theta+``).
+
+Schedule: the released code runs each epoch twice over the data, first updating ``f`` on every batch, then
+meta-updating ``g`` on every batch. The engine hands us one pass per epoch, so both phases run interleaved on each
+batch (update ``f``, then meta-update ``g`` on the same images). Each network still gets exactly one update per batch
+per epoch, as in the paper, the data are read once instead of twice, and the meta step differentiates through the
+``theta`` that ``f`` actually has now rather than one that is up to an epoch stale.
+
+The virtual step runs through ``torch.func.functional_call`` with copies of ``f``'s buffers, so BatchNorm uses batch
+statistics there and ``f``'s running statistics are left exactly as the real update left them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from sskt.config import HeadConfig, ModelConfig
+from sskt.data.spec import Batch
+from sskt.errors import UserError
+from sskt.losses.maxl import focal_to_probs, label_entropy_penalty, masked_softmax
+from sskt.methods import METHODS
+from sskt.methods.base import Method, MethodContext, StepOutput
+from sskt.models.base import TargetOutput
+from sskt.optim import build_scheduler, build_sgd
+
+if TYPE_CHECKING:
+    from lightning_fabric import Fabric
+
+AUX_HEAD = "maxl"
+"""Name of the multi-task network's auxiliary head."""
+
+FD_SCALE = 0.01
+"""Finite-difference step is ``FD_SCALE / ||v||`` in parameter space (DARTS, Liu et al. 2019, section 2.3)."""
+
+Params = dict[str, Tensor]
+
+
+def _logits(out: TargetOutput | Tensor) -> Tensor:
+    return out.logits if isinstance(out, TargetOutput) else out
+
+
+def generate_labels(generator: nn.Module, images: Tensor, labels: Tensor, psi: int) -> Tensor:
+    """``g(x, y)``: masked-softmax auxiliary labels [B, C * psi] for images [B, ...] and int64 labels [B]."""
+    return masked_softmax(_logits(generator(images)), labels, psi)
+
+
+def multitask_loss(out: TargetOutput, labels: Tensor, gen_labels: Tensor) -> Tensor:
+    """``L_pri + L_aux``: focal loss (gamma 2) of the primary head on ``labels`` and of the auxiliary head on the
+    generated labels [B, C * psi]."""
+    return focal_to_probs(out.logits, labels) + focal_to_probs(out.aux_logits[AUX_HEAD], gen_labels)
+
+
+def _call(net: nn.Module, params: Params, images: Tensor) -> TargetOutput:
+    """Forward ``net`` with ``params``, on copies of its buffers: BatchNorm (in train mode) normalises with batch
+    statistics and writes its running statistics into the copies, never into ``net``."""
+    buffers = {name: b.clone() for name, b in net.named_buffers()}
+    return functional_call(net, (params, buffers), (images,))
+
+
+def _grad(loss: Tensor, inputs: list[Tensor], create_graph: bool = False) -> list[Tensor]:
+    grads = torch.autograd.grad(loss, inputs, create_graph=create_graph, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads, strict=True)]
+
+
+def virtual_step(
+    net: nn.Module, images: Tensor, labels: Tensor, gen_labels: Tensor, inner_lr: float, create_graph: bool
+) -> Params:
+    """``theta+ = theta - inner_lr * grad_theta(L_pri + L_aux)``; with ``create_graph`` it stays differentiable in
+    ``theta`` and in ``gen_labels`` (and so in the generator)."""
+    params = dict(net.named_parameters())
+    grads = _grad(multitask_loss(_call(net, params, images), labels, gen_labels), list(params.values()), create_graph)
+    return {name: p - inner_lr * g for (name, p), g in zip(params.items(), grads, strict=True)}
+
+
+def meta_gradient(
+    net: nn.Module,
+    generator: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    psi: int,
+    inner_lr: float,
+    entropy_weight: float,
+    second_order: bool = True,
+) -> tuple[list[Tensor], Tensor]:
+    """Gradient of ``L_pri(theta+) + entropy_weight * sum_k pbar_k log pbar_k`` with respect to the generator's
+    parameters (in ``generator.parameters()`` order), and that meta loss (detached).
+
+    ``second_order`` differentiates exactly through the virtual step (``create_graph``); otherwise the mixed second
+    derivative is replaced by the DARTS finite difference
+    ``-inner_lr * (grad_phi L(theta + eps v) - grad_phi L(theta - eps v)) / (2 eps)``, ``v = grad L_pri(theta+)``.
+    """
+    gen_params = list(generator.parameters())
+    gen_labels = generate_labels(generator, images, labels, psi)
+    penalty = entropy_weight * label_entropy_penalty(gen_labels)
+    if second_order:
+        fast = virtual_step(net, images, labels, gen_labels, inner_lr, create_graph=True)
+        meta = focal_to_probs(_call(net, fast, images).logits, labels)
+        return _grad(meta + penalty, gen_params), (meta + penalty).detach()
+    fast = virtual_step(net, images, labels, gen_labels.detach(), inner_lr, create_graph=False)
+    fast = {name: p.detach().requires_grad_() for name, p in fast.items()}
+    meta = focal_to_probs(_call(net, fast, images).logits, labels)
+    v = _grad(meta, list(fast.values()))
+    eps = FD_SCALE / torch.sqrt(sum((g * g).sum() for g in v)).clamp_min(1e-12)
+    theta = {name: p.detach() for name, p in net.named_parameters()}
+    plus = {name: p + eps * g for (name, p), g in zip(theta.items(), v, strict=True)}
+    minus = {name: p - eps * g for (name, p), g in zip(theta.items(), v, strict=True)}
+    diff = multitask_loss(_call(net, plus, images), labels, gen_labels)
+    diff = diff - multitask_loss(_call(net, minus, images), labels, gen_labels)
+    return _grad(-inner_lr * diff / (2 * eps) + penalty, gen_params), (meta + penalty).detach()
+
+
+@METHODS.register("maxl")
+class MAXL(Method):
+    """Meta auxiliary learning: the target with a generated-label auxiliary head, and a meta-learned generator."""
+
+    def __init__(self, ctx: MethodContext) -> None:
+        super().__init__(ctx)
+        from sskt.models import build_target  # the models layer registers its architectures on import
+
+        if ctx.spec.task != "single_label":
+            raise UserError(f"method 'maxl' needs a single-label dataset; {ctx.spec.name!r} is {ctx.spec.task!r}")
+        self.mcfg = self.cfg.method.maxl
+        if self.mcfg.psi < 1:
+            raise UserError(f"method.maxl.psi must be >= 1, got {self.mcfg.psi}")
+        classes = ctx.spec.num_classes
+        width = self.mcfg.psi * classes
+        self.net = build_target(self.cfg.model, classes, {AUX_HEAD: width}, HeadConfig(kind="linear"))
+        gen_model = ModelConfig(name=self.mcfg.generator or self.cfg.model.name, pretrained=self.cfg.model.pretrained)
+        self.gen = build_target(gen_model, width, {}, HeadConfig())
+
+    def setup(self, fabric: Fabric) -> None:
+        super().setup(fabric)
+        if self.cfg.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+            self.gen = self.gen.to(memory_format=torch.channels_last)
+        # The paper's generator: plain SGD, its own lr and weight decay, on the run's schedule (halved every 50 epochs).
+        gen_optim = dataclasses.replace(
+            self.cfg.optim, lr=self.mcfg.generator_lr, momentum=0.0, weight_decay=self.mcfg.generator_weight_decay
+        )
+        opt = build_sgd(self.net.parameters(), self.cfg.optim)
+        gen_opt = build_sgd(self.gen.parameters(), gen_optim)
+        # The meta step calls the raw modules functionally; Fabric moved them to the device in place.
+        self.net_module, self.gen_module = self.net, self.gen
+        self.net, self.opt = fabric.setup(self.net, opt)
+        self.gen, self.gen_opt = fabric.setup(self.gen, gen_opt)
+        self.sched = build_scheduler(self.opt, self.cfg.optim, self.cfg.epochs)
+        self.gen_sched = build_scheduler(self.gen_opt, gen_optim, self.cfg.epochs)
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        images, labels = batch.labeled_images, batch.labels
+        # Phase 1: the multi-task network learns both tasks against the current generator's labels.
+        with torch.no_grad():
+            gen_labels = generate_labels(self.gen, images, labels, self.mcfg.psi)
+        out = self.net(images)
+        loss = multitask_loss(out, labels, gen_labels)
+        self.opt.zero_grad(set_to_none=True)
+        self.fabric.backward(loss)
+        self.opt.step()
+        # Phase 2: the generator's meta step on the same batch.
+        meta = self.meta_step(images, labels)
+        return StepOutput(loss.detach(), out.logits.detach(), {"meta_loss": meta})
+
+    def meta_step(self, images: Tensor, labels: Tensor) -> Tensor:
+        """One meta-update of the generator on a labelled batch; returns the meta loss (detached)."""
+        with self.fabric.autocast():
+            grads, meta = meta_gradient(
+                self.net_module,
+                self.gen_module,
+                images,
+                labels,
+                self.mcfg.psi,
+                self.mcfg.inner_lr,
+                self.mcfg.entropy_weight,
+                self.mcfg.second_order,
+            )
+        self.gen_opt.zero_grad(set_to_none=True)
+        for p, g in zip(self.gen_module.parameters(), grads, strict=True):
+            # autograd.grad bypasses DDP's gradient hooks, so average over processes here.
+            p.grad = self.fabric.all_reduce(g, reduce_op="mean") if self.fabric.world_size > 1 else g
+        self.gen_opt.step()
+        return meta
+
+    def end_epoch(self, epoch: int) -> None:
+        self.sched.step()
+        self.gen_sched.step()
+
+    def trained(self) -> dict[str, nn.Module]:
+        return {"target": self.net, "generator": self.gen}
+
+    def lr(self) -> float:
+        return self.opt.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict:
+        return {
+            "net": self.net.state_dict(),
+            "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(),
+            "gen": self.gen.state_dict(),
+            "gen_opt": self.gen_opt.state_dict(),
+            "gen_sched": self.gen_sched.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("net", "opt", "sched", "gen", "gen_opt", "gen_sched"):
+            getattr(self, key).load_state_dict(state[key])
