@@ -21,6 +21,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self._factories: dict[str, Callable[..., T]] = {}
         self._prefixes: dict[str, Callable[..., T]] = {}
+        self._suffixes: dict[str, tuple[str, Callable[..., T]]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator: register ``fn`` under ``name``."""
@@ -42,15 +43,30 @@ class Registry(Generic[T]):
 
         return wrap
 
+    def register_suffix(self, suffix: str, label: str = "<name>") -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator: ``fn(head, **kwargs)`` serves every name that ends with ``suffix`` and is not registered exactly
+        (``<arch>.imagenet``); ``label`` stands for the head in ``list()``. ``fn`` rejects heads it does not know."""
+
+        def wrap(fn: Callable[..., T]) -> Callable[..., T]:
+            self._suffixes[suffix] = (label, fn)
+            return fn
+
+        return wrap
+
     def __contains__(self, name: str) -> bool:
-        return name in self._factories or any(name.startswith(p) for p in self._prefixes)
+        return (
+            name in self._factories
+            or any(name.startswith(p) for p in self._prefixes)
+            or any(name.endswith(s) for s in self._suffixes)
+        )
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.list())
 
     def list(self) -> list[str]:
         """Registered names, sorted; prefix families appear as ``prefix<name>``."""
-        return sorted(self._factories) + sorted(f"{p}<name>" for p in self._prefixes)
+        suffixed = sorted(f"{label}{s}" for s, (label, _) in self._suffixes.items())
+        return sorted(self._factories) + sorted(f"{p}<name>" for p in self._prefixes) + suffixed
 
     def get(self, name: str) -> Callable[..., T]:
         """The factory for ``name``; unknown names raise a one-line error listing the valid ones."""
@@ -63,4 +79,8 @@ class Registry(Generic[T]):
         for prefix, fn in self._prefixes.items():
             if name.startswith(prefix):
                 return fn(name[len(prefix) :], **kwargs)
+        if name not in self._factories:
+            for suffix, (_, fn) in self._suffixes.items():
+                if name.endswith(suffix):
+                    return fn(name[: -len(suffix)], **kwargs)
         return self.get(name)(**kwargs)
