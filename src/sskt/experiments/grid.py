@@ -1,0 +1,357 @@
+"""Grids of training runs: a base config, axes of overrides and seeds, expanded to one run directory per cell.
+
+A grid file (YAML, read with ``yaml.safe_load``; nothing executes)::
+
+    base:                       # preset files (relative to this file) and/or a mapping of dotted overrides
+      - ../_base/cifar10.yaml
+      - {epochs: 350, method.name: sskt}
+    axes:                       # the cartesian product of these lists; order fixes the directory names
+      model.name: [resnet20, resnet32]
+      variant:                  # a value may be a mapping of coupled overrides; 'label' names it in the
+        - {label: tm_ce, head.kind: tm, method.aux_loss: ce}      # directory, 'config' adds preset files
+        - {label: linear_kd, head.kind: linear, method.aux_loss: kd_legacy}
+    seeds: [0, 1, 2]
+    out: runs/paper/cifar10     # root of the cell directories (``--out`` overrides it)
+
+Each cell runs ``python -m sskt.cli train`` in its own process (``out/<axis values>-seed<N>/``), so cells are
+isolated and can run side by side. A cell with ``summary.json`` is done and skipped; one with a checkpoint resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import typing
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from sskt.config import TrainConfig
+from sskt.errors import UserError, choice_error
+
+GRID_KEYS = ("base", "axes", "seeds", "out")
+COUPLED_KEYS = ("label", "config")
+
+
+@dataclass
+class Cell:
+    """One run of a grid: its directory name, extra preset files, dotted overrides and seed."""
+
+    name: str
+    seed: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+    configs: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class Grid:
+    """A parsed grid file. ``axes`` maps an axis name to its values (scalars or coupled-override mappings)."""
+
+    configs: list[Path]
+    overrides: dict[str, Any]
+    axes: dict[str, list[Any]]
+    seeds: list[int]
+    out: Path
+    source: Path | None = None
+
+
+# --- reading ---------------------------------------------------------------------------------------------------
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings to dotted keys: ``{data: {batch_size: 64}}`` -> ``{"data.batch_size": 64}``."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def check_key(key: str) -> str:
+    """Raise a UserError unless ``key`` is a dotted path to a field of ``TrainConfig``."""
+    cls: Any = TrainConfig
+    for i, part in enumerate(key.split(".")):
+        if not dataclasses.is_dataclass(cls):
+            raise UserError(f"config key {key!r}: {'.'.join(key.split('.')[:i])!r} has no sub-fields")
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            prefix = ".".join(key.split(".")[:i])
+            raise choice_error("config key", key, [f"{prefix}.{h}" if prefix else h for h in hints])
+        cls = hints[part]
+    return key
+
+
+def _resolve(path: str, here: Path) -> Path:
+    p = Path(path).expanduser()
+    p = p if p.is_absolute() else here / p
+    if not p.is_file():
+        raise UserError(f"config file {str(p)!r} does not exist")
+    return p.resolve()
+
+
+def _split_base(base: Any, here: Path) -> tuple[list[Path], dict[str, Any]]:
+    """Preset files and dotted overrides from a grid's ``base`` (a path, a mapping, or a list of them)."""
+    items = base if isinstance(base, list) else [base] if base is not None else []
+    configs, overrides = [], {}
+    for item in items:
+        if isinstance(item, str):
+            configs.append(_resolve(item, here))
+        elif isinstance(item, Mapping):
+            overrides.update(flatten(item))
+        else:
+            raise UserError(f"grid base entry {item!r}: expected a preset path or a mapping of overrides")
+    return configs, {check_key(k): v for k, v in overrides.items()}
+
+
+def parse_grid(raw: Mapping[str, Any], here: Path = Path("."), source: Path | None = None) -> Grid:
+    """Validate a grid mapping (as read from YAML); preset paths are relative to ``here``."""
+    for key in raw:
+        if key not in GRID_KEYS:
+            raise choice_error("grid key", key, GRID_KEYS)
+    configs, overrides = _split_base(raw.get("base"), here)
+    axes = dict(raw.get("axes") or {})
+    for name, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"grid axis {name!r} must be a non-empty list of values, got {values!r}")
+        if name == "seed":
+            raise UserError("grid axis 'seed': list seeds under the top-level 'seeds' key instead")
+        for v in values:
+            _check_axis_value(name, v)
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise UserError(f"grid seeds must be a non-empty list of integers, got {seeds!r}")
+    out = Path(raw.get("out") or "runs/grid")
+    return Grid(configs, overrides, axes, list(seeds), out, source)
+
+
+def _check_axis_value(axis: str, value: Any) -> None:
+    if isinstance(value, Mapping):
+        for k in flatten({k: v for k, v in value.items() if k not in COUPLED_KEYS}):
+            check_key(k)
+    else:
+        check_key(axis)
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read and validate a grid YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"grid file {str(path)!r} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, Mapping):
+        raise UserError(f"grid file {str(path)!r} must hold a mapping with keys {', '.join(GRID_KEYS)}")
+    return parse_grid(raw, path.parent, path)
+
+
+def is_grid_file(path: str | Path) -> bool:
+    """Whether a YAML file is a grid (has ``axes`` or ``seeds``) rather than a plain TrainConfig preset."""
+    raw = yaml.safe_load(Path(path).read_text())
+    return isinstance(raw, Mapping) and ("axes" in raw or "seeds" in raw)
+
+
+# --- expansion ------------------------------------------------------------------------------------------------
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+]+", "_", text).strip("_") or "_"
+
+
+def _scalar_text(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, list):
+        return "_".join(_scalar_text(v) for v in value)
+    if isinstance(value, Mapping):
+        return "_".join(_scalar_text(v) for v in value.values())
+    return str(value)
+
+
+def value_label(axis: str, value: Any) -> str:
+    """The directory-name part of one axis value: a coupled value's ``label`` (else its values joined), a
+    string as itself, anything else prefixed by the key's last part (``alpha0.5``, ``labels_per_class100``)."""
+    if isinstance(value, Mapping):
+        if "label" in value:
+            return _slug(str(value["label"]))
+        return _slug(_scalar_text({k: v for k, v in value.items() if k != "config"}))
+    if isinstance(value, str):
+        return _slug(value)
+    return _slug(axis.split(".")[-1] + _scalar_text(value))
+
+
+def _apply(cell: Cell, value: Any, axis: str, here: Path) -> None:
+    if not isinstance(value, Mapping):
+        cell.overrides[axis] = value
+        return
+    extra = value.get("config") or []
+    for path in [extra] if isinstance(extra, str) else extra:
+        cell.configs.append(_resolve(path, here))
+    cell.overrides.update(flatten({k: v for k, v in value.items() if k not in COUPLED_KEYS}))
+
+
+def expand(grid: Grid) -> list[Cell]:
+    """Every cell of the grid: the product of the axes (first axis slowest), then the seeds."""
+    here = grid.source.parent if grid.source else Path(".")
+    names = list(grid.axes)
+    cells: list[Cell] = []
+    for combo in itertools.product(*(grid.axes[n] for n in names)):
+        for seed in grid.seeds:
+            parts = [value_label(n, v) for n, v in zip(names, combo, strict=True)]
+            cell = Cell("-".join([*parts, f"seed{seed}"]), seed, dict(grid.overrides), list(grid.configs))
+            for n, v in zip(names, combo, strict=True):
+                _apply(cell, v, n, here)
+            cells.append(cell)
+    seen: dict[str, int] = {}
+    for c in cells:
+        seen[c.name] = seen.get(c.name, 0) + 1
+    dupes = sorted(n for n, k in seen.items() if k > 1)
+    if dupes:
+        raise UserError(f"grid cells share directory names {dupes[:3]}; give coupled axis values distinct 'label's")
+    return cells
+
+
+# --- commands -------------------------------------------------------------------------------------------------
+def _arg(value: Any) -> str:
+    """A command-line value jsonargparse reads back as the same YAML/JSON value."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def train_argv(cell: Cell, cell_dir: Path, threads: int | None = None, resume: bool = False) -> list[str]:
+    """The ``sskt train`` arguments of a cell: its preset files, then its overrides, seed and run directory."""
+    argv: list[str] = []
+    for cfg in cell.configs:
+        argv += ["--config", str(cfg)]
+    for key, value in cell.overrides.items():
+        argv += [f"--{key}", _arg(value)]
+    argv += ["--seed", str(cell.seed), "--out", str(cell_dir)]
+    if threads is not None:
+        argv += ["--threads", str(threads), "--progress", "false"]
+    if resume:
+        argv += ["--resume", "true"]
+    return argv
+
+
+def cell_state(cell_dir: Path) -> str:
+    """'done' (summary.json exists), 'resume' (a checkpoint exists) or 'new'."""
+    if (cell_dir / "summary.json").is_file():
+        return "done"
+    if (cell_dir / "checkpoints" / "last.pt").is_file():
+        return "resume"
+    return "new"
+
+
+CellRunner = Callable[[list[str], Path, int], int]
+"""Runs one cell's ``sskt train`` argv in ``cell_dir`` with ``threads`` CPU threads; returns the exit status."""
+
+
+def subprocess_runner(argv: list[str], cell_dir: Path, threads: int) -> int:
+    """Run ``python -m sskt.cli train ARGV`` in a child process, its output appended to ``cell_dir/grid.log``."""
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    with open(cell_dir / "grid.log", "a") as log:
+        cmd = [sys.executable, "-m", "sskt.cli", "train", *argv]
+        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
+
+
+# --- running --------------------------------------------------------------------------------------------------
+@dataclass
+class GridResult:
+    """What a grid run did, by cell name."""
+
+    skipped: list[str] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
+    failed: dict[str, int] = field(default_factory=dict)
+
+
+def threads_per_cell(jobs: int) -> int:
+    """CPU threads each of ``jobs`` parallel cells gets: the machine's cores shared evenly, at least 1."""
+    return max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+
+def run_grid(
+    grid: Grid, out: Path | None = None, jobs: int = 1, runner: CellRunner = subprocess_runner, console: Any = None
+) -> GridResult:
+    """Run every cell not yet done, ``jobs`` at a time; a failing cell is reported and the rest go on."""
+    console = console or Console(stderr=True)
+    root, threads, result = out or grid.out, threads_per_cell(jobs), GridResult()
+    todo = []
+    for cell in expand(grid):
+        state = cell_state(root / cell.name)
+        if state == "done":
+            result.skipped.append(cell.name)
+        else:
+            todo.append((cell, train_argv(cell, root / cell.name, threads, resume=state == "resume")))
+    console.print(f"grid: {len(todo)} cells to run, {len(result.skipped)} already done, {jobs} at a time -> {root}")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, TimeRemainingColumn(), console=console) as progress, ThreadPoolExecutor(jobs) as pool:
+        task = progress.add_task("cells", total=len(todo))
+        futures = {pool.submit(runner, argv, root / cell.name, threads): cell for cell, argv in todo}
+        for fut in as_completed(futures):
+            cell = futures[fut]
+            code = _exit_code(fut)
+            if code == 0:
+                result.finished.append(cell.name)
+            else:
+                result.failed[cell.name] = code
+                progress.console.print(f"[red]cell {cell.name} failed (exit {code}); log: {root / cell.name}/grid.log")
+            progress.advance(task)
+    return result
+
+
+def _exit_code(fut: Any) -> int:
+    try:
+        return int(fut.result())
+    except Exception as exc:  # a runner that raises counts as a failed cell; the grid goes on
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def dry_run(grid: Grid, out: Path | None = None, jobs: int = 1) -> list[str]:
+    """One line per cell: its state and the command that would run it."""
+    root, threads = out or grid.out, threads_per_cell(jobs)
+    lines = []
+    for cell in expand(grid):
+        state = cell_state(root / cell.name)
+        argv = train_argv(cell, root / cell.name, threads, resume=state == "resume")
+        lines.append(f"[{state}] {shlex.join(['python', '-m', 'sskt.cli', 'train', *argv])}")
+    return lines
+
+
+def grid_main(argv: list[str] | None = None) -> int:
+    """``sskt grid --config GRID.yaml [--out DIR] [--jobs N] [--dry-run]``; exit status 1 if any cell failed."""
+    parser = argparse.ArgumentParser(prog="sskt grid", description="Run every cell of a grid of training runs.")
+    parser.add_argument("--config", required=True, help="grid YAML file (base, axes, seeds, out)")
+    parser.add_argument("--out", default=None, help="root of the cell directories (default: the grid's 'out')")
+    parser.add_argument("--jobs", type=int, default=1, help="cells run in parallel; each gets cores/jobs threads")
+    parser.add_argument("--dry-run", action="store_true", help="print each cell's state and command, run nothing")
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+    grid = load_grid(args.config)
+    out = Path(args.out) if args.out else None
+    if args.dry_run:
+        print("\n".join(dry_run(grid, out, args.jobs)))
+        return 0
+    result = run_grid(grid, out, args.jobs)
+    if result.failed:
+        print(f"{len(result.failed)} cell(s) failed: {', '.join(sorted(result.failed))}", file=sys.stderr)
+        return 1
+    return 0

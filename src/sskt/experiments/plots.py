@@ -1,0 +1,72 @@
+"""Saved plots (matplotlib, Agg backend: no display needed): bar charts with error bars and learning curves.
+
+The functions take plain numbers, not run directories, so they plot whatever the report computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from sskt.experiments.stats import Summary
+
+
+def _pyplot():  # noqa: ANN202 - matplotlib's module type
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; must be chosen before pyplot is imported
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def bar_chart(bars: Mapping[str, Mapping[str, Summary]], path: Path, title: str, ylabel: str, xlabel: str = "") -> Path:
+    """Grouped bars: one cluster per key of ``bars`` (an axis value), one bar per series inside it, height the
+    mean and error bar the std over seeds. ``bars[cluster][series] = Summary``."""
+    plt = _pyplot()
+    clusters = list(bars)
+    series = list(dict.fromkeys(s for c in clusters for s in bars[c]))
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(clusters) * max(1, len(series)) ** 0.5 + 2), 3.6))
+    for j, name in enumerate(series):
+        xs = [i + (j - (len(series) - 1) / 2) * width for i, c in enumerate(clusters) if name in bars[c]]
+        stats = [bars[c][name] for c in clusters if name in bars[c]]
+        ax.bar(xs, [s.mean for s in stats], width, yerr=[s.std for s in stats], capsize=3, label=name or None)
+    ax.set_xticks(range(len(clusters)), clusters, rotation=20, ha="right")
+    lows = [s.mean - s.std for c in clusters for s in bars[c].values()]
+    highs = [s.mean + s.std for c in clusters for s in bars[c].values()]
+    if lows:  # zoom on the spread: accuracies differ by points, not tens of points
+        pad = 0.15 * (max(highs) - min(lows)) + 0.5
+        ax.set_ylim(min(lows) - pad, max(highs) + pad)
+    ax.set(title=title, ylabel=ylabel, xlabel=xlabel)
+    if len(series) > 1:
+        ax.legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def learning_curves(curves: Mapping[str, tuple[Sequence[int], Sequence[Summary]]], path: Path, ylabel: str) -> Path:
+    """One line per group: the per-epoch mean over seeds with a band of +- one std."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    for label, (epochs, stats) in curves.items():
+        if not epochs:
+            continue
+        mean = [s.mean for s in stats]
+        (line,) = ax.plot(epochs, mean, label=label, linewidth=1.2)
+        lo = [s.mean - s.std for s in stats]
+        hi = [s.mean + s.std for s in stats]
+        ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set(xlabel="epoch", ylabel=ylabel, title=f"{ylabel} per epoch (mean +- std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:  # noqa: ANN001 - matplotlib Figure
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

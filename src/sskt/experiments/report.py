@@ -1,0 +1,390 @@
+"""Reports over run directories: group runs that differ only in seed, summarise them, compare them to scratch.
+
+Everything is read from the run directories alone (``config.yaml``, ``records.jsonl``, ``summary.json``; layout in
+docs/CONTRACTS.md), so a report can be regenerated from the files at any time. ``sskt report RUNS_DIR`` writes
+``report.md``, ``report.csv`` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sskt.errors import UserError
+from sskt.experiments.stats import PairedDiff, Summary, paired_diff, summarize
+
+# Keys that change where or how fast a run goes, not what it computes: runs differing only in these (and the seed)
+# are replicates of one setting.
+NON_SETTING_KEYS = frozenset(
+    {"seed", "out", "resume", "progress", "threads", "data.root", "data.download", "data.num_workers"}
+    | {"data.eval_batch_size", "cache.dir", "cache.build"}
+)
+# Keys a method brings with it: a group's scratch counterpart agrees with it on everything else.
+METHOD_PREFIXES = ("method.", "head.", "sources", "cache.", "data.unlabeled")
+HEADLINE_METRICS = ("test_acc", "test_ap", "test_map")
+_SEED_SUFFIX = re.compile(r"^(?P<label>.+)-seed(?P<seed>-?\d+)$")
+
+
+@dataclass
+class Run:
+    """One finished run directory."""
+
+    path: Path
+    config: dict[str, Any]
+    """Flattened resolved config: dotted keys; lists of mappings as ``sources[0].name``."""
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+    @property
+    def seed(self) -> int:
+        return int(self.summary.get("seed", self.config.get("seed", 0)))
+
+    def setting(self) -> dict[str, Any]:
+        return {k: v for k, v in self.config.items() if k not in NON_SETTING_KEYS}
+
+
+@dataclass
+class Group:
+    """Runs with the same setting (all config keys but seed and the non-setting ones)."""
+
+    label: str
+    setting: dict[str, Any]
+    runs: list[Run] = field(default_factory=list)
+    levels: dict[str, str] = field(default_factory=dict)
+    """Value of each grid axis for this group (axis name -> value label), for the bar charts."""
+
+    @property
+    def method(self) -> str:
+        return str(self.setting.get("method.name", ""))
+
+    def metric(self, which: str, name: str) -> dict[int, float]:
+        """``summary[which][name]`` per seed (``which`` is 'final' or 'best'), skipping runs without it."""
+        out = {}
+        for r in self.runs:
+            value = (r.summary.get(which) or {}).get(name)
+            if isinstance(value, (int, float)):
+                out[r.seed] = float(value)
+        return out
+
+    def field(self, name: str) -> list[float]:
+        return [float(r.summary[name]) for r in self.runs if isinstance(r.summary.get(name), (int, float))]
+
+
+# --- reading ---------------------------------------------------------------------------------------------------
+def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested config to dotted keys; a list of mappings (``sources``) becomes ``sources[i].field`` keys."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(flatten_config(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        out = {}
+        for i, v in enumerate(value):
+            out.update(flatten_config(v, f"{prefix}[{i}]"))
+        return out
+    return {prefix: value}
+
+
+def load_run(path: Path) -> Run:
+    """Read one run directory (it must hold ``summary.json`` and ``config.yaml``)."""
+    config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    summary = json.loads((path / "summary.json").read_text())
+    lines = (path / "records.jsonl").read_text().splitlines() if (path / "records.jsonl").exists() else []
+    records = [json.loads(line) for line in lines if line.strip()]
+    return Run(path, flatten_config(config), records, summary)
+
+
+def find_runs(root: Path) -> tuple[list[Run], list[Path]]:
+    """Finished runs under ``root`` (any depth), and the unfinished directories (config but no summary)."""
+    runs = [load_run(p.parent) for p in sorted(root.rglob("summary.json")) if (p.parent / "config.yaml").exists()]
+    unfinished = [p.parent for p in sorted(root.rglob("config.yaml")) if not (p.parent / "summary.json").exists()]
+    return runs, unfinished
+
+
+# --- grouping --------------------------------------------------------------------------------------------------
+def _freeze(setting: dict[str, Any]) -> str:
+    return json.dumps(setting, sort_keys=True, default=str)
+
+
+def group_runs(runs: Sequence[Run]) -> list[Group]:
+    """Group runs that differ only in seed (and non-setting keys); groups keep the order of their first run."""
+    groups: dict[str, Group] = {}
+    for run in runs:
+        setting = run.setting()
+        groups.setdefault(_freeze(setting), Group("", setting)).runs.append(run)
+    out = list(groups.values())
+    _label(out)
+    return out
+
+
+def varying_keys(groups: Sequence[Group]) -> list[str]:
+    """Setting keys whose value differs between groups, in config order."""
+    keys: list[str] = []
+    for g in groups:
+        keys += [k for k in g.setting if k not in keys]
+    return [k for k in keys if len({_freeze({"v": g.setting.get(k)}) for g in groups}) > 1]
+
+
+def _label(groups: list[Group]) -> None:
+    """Name groups and their axis levels: from grid cell names (``<axis values>-seed<N>``) when every run has
+    one, else from the setting keys that vary."""
+    keys = varying_keys(groups)
+    names = [{_cell_label(r) for r in g.runs} for g in groups]
+    if all(len(n) == 1 and None not in n for n in names):
+        labels = [n.pop() for n in names]
+        parts = [label.split("-") for label in labels]
+        if len({len(p) for p in parts}) == 1:
+            axes = [_axis_name(groups, [p[i] for p in parts], keys, i) for i in range(len(parts[0]))]
+            for g, label, p in zip(groups, labels, parts, strict=True):
+                g.label, g.levels = label, dict(zip(axes, p, strict=True))
+            return
+    for g in groups:
+        g.levels = {k: _short(g.setting.get(k)) for k in keys}
+        g.label = ", ".join(f"{k}={v}" for k, v in g.levels.items()) or "all runs"
+
+
+def _cell_label(run: Run) -> str | None:
+    m = _SEED_SUFFIX.match(run.path.name)
+    return m["label"] if m and int(m["seed"]) == run.seed else None
+
+
+def _axis_name(groups: Sequence[Group], values: list[str], keys: list[str], i: int) -> str:
+    """Name a grid axis by the varying config keys its value determines (``method.name+head.kind``)."""
+    found = []
+    for k in keys:
+        seen: dict[str, str] = {}
+        if all(seen.setdefault(v, _freeze({"v": g.setting.get(k)})) == _freeze({"v": g.setting.get(k)})
+               for v, g in zip(values, groups, strict=True)) and len(set(values)) > 1:  # fmt: skip
+            found.append(k)
+    # sources[0].name and sources[0].bn_mode name one axis 'sources'; the method leads when it is among them
+    found = list(dict.fromkeys(re.sub(r"\[\d+\].*$", "", k) for k in found))
+    found.sort(key=lambda k: k != "method.name")
+    return "+".join(found[:2]) + ("+..." if len(found) > 2 else "") if found else f"axis{i + 1}"
+
+
+def _short(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def scratch_counterpart(group: Group, groups: Sequence[Group]) -> Group | None:
+    """The scratch group with the same setting apart from method-specific keys, if exactly one exists."""
+    if group.method == "scratch":
+        return None
+
+    def base(g: Group) -> str:
+        return _freeze({k: v for k, v in g.setting.items() if not k.startswith(METHOD_PREFIXES)})
+
+    matches = [g for g in groups if g.method == "scratch" and base(g) == base(group)]
+    return matches[0] if len(matches) == 1 else None
+
+
+def headline_metric(runs: Sequence[Run]) -> str:
+    """The metric the table leads with: test accuracy (or AP for multi-label), else the first test metric."""
+    names: list[str] = []
+    for r in runs:
+        names += [k for k in (r.summary.get("final") or {}) if k not in names]
+    for name in HEADLINE_METRICS:
+        if name in names:
+            return name
+    tests = [n for n in names if n.startswith("test_")]
+    if not (tests or names):
+        raise UserError("no metrics in the runs' summary.json files ('final' is empty)")
+    return (tests or names)[0]
+
+
+# --- tables ----------------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    """One group's statistics: per metric at the final and the best epoch, and its paired difference to
+    scratch on the headline metric."""
+
+    group: Group
+    final: dict[str, Summary]
+    best: dict[str, Summary]
+    best_epoch: Summary
+    wall_seconds: Summary
+    diff_final: PairedDiff | None
+    diff_best: PairedDiff | None
+
+
+def metric_names(runs: Sequence[Run]) -> list[str]:
+    names: list[str] = []
+    for r in runs:
+        names += [k for k, v in (r.summary.get("final") or {}).items() if k not in names and _is_num(v)]
+    return names
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def build_rows(groups: Sequence[Group], metric: str) -> list[Row]:
+    """Statistics of every group; differences pair each non-scratch group with its scratch counterpart by seed."""
+    names = metric_names([r for g in groups for r in g.runs])
+    rows = []
+    for g in groups:
+        ref = scratch_counterpart(g, groups)
+        rows.append(
+            Row(
+                g,
+                {m: summarize(list(g.metric("final", m).values())) for m in names},
+                {m: summarize(list(g.metric("best", m).values())) for m in names},
+                summarize(g.field("best_epoch")),
+                summarize(g.field("wall_seconds")),
+                paired_diff(g.metric("final", metric), ref.metric("final", metric)) if ref else None,
+                paired_diff(g.metric("best", metric), ref.metric("best", metric)) if ref else None,
+            )
+        )
+    return rows
+
+
+def markdown_table(rows: Sequence[Row], metric: str) -> str:
+    """The headline table: mean +- std (n) at the final and best epoch, and the paired differences to scratch."""
+    head = ["group", "method", f"final {metric}", f"best {metric}", "best epoch", "wall min"]
+    head += ["final - scratch [95% CI] (n)", "best - scratch [95% CI] (n)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        wall = Summary(r.wall_seconds.mean / 60, r.wall_seconds.std / 60, r.wall_seconds.n)
+        cells = [r.group.label, r.group.method, r.final[metric].format(), r.best[metric].format()]
+        cells += [r.best_epoch.format(1), wall.format(1)]
+        cells += [d.format() if d else "-" for d in (r.diff_final, r.diff_best)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def csv_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """One flat dict per group: every metric's final/best mean, std, n; wall time; the paired differences."""
+    out = []
+    for r in rows:
+        row: dict[str, Any] = {"group": r.group.label, "method": r.group.method, "n": len(r.group.runs)}
+        row.update(r.group.levels)
+        for which, stats in (("final", r.final), ("best", r.best)):
+            for m, s in stats.items():
+                row.update({f"{which}_{m}_mean": s.mean, f"{which}_{m}_std": s.std, f"{which}_{m}_n": s.n})
+        row.update({"best_epoch_mean": r.best_epoch.mean, "wall_seconds_mean": r.wall_seconds.mean})
+        for which, d in (("final", r.diff_final), ("best", r.diff_best)):
+            if d is not None:
+                row.update({f"{which}_diff_mean": d.mean, f"{which}_diff_low": d.low, f"{which}_diff_high": d.high})
+                row[f"{which}_diff_n"] = d.n
+        out.append(row)
+    return out
+
+
+def provenance(runs: Sequence[Run]) -> list[str]:
+    """Markdown lines: the git commits and the package versions the runs came from."""
+    commits = sorted({str(r.summary.get("git_commit")) for r in runs})
+    versions: dict[str, set[str]] = {}
+    for r in runs:
+        for pkg, v in (r.summary.get("versions") or {}).items():
+            versions.setdefault(pkg, set()).add(str(v))
+    lines = [f"- git commits: {', '.join(c[:12] for c in commits)}"]
+    lines += [f"- {pkg}: {', '.join(sorted(vs))}" for pkg, vs in sorted(versions.items())]
+    return lines
+
+
+def curve(group: Group, metric: str) -> tuple[list[int], list[Summary]]:
+    """Per-epoch values of ``metric`` over the group's seeds: ``(epochs, [Summary per epoch])``."""
+    by_epoch: dict[int, list[float]] = {}
+    for r in group.runs:
+        for rec in r.records:
+            if _is_num(rec.get(metric)):
+                by_epoch.setdefault(int(rec["epoch"]), []).append(float(rec[metric]))
+    epochs = sorted(by_epoch)
+    return epochs, [summarize(by_epoch[e]) for e in epochs]
+
+
+# --- writing ---------------------------------------------------------------------------------------------------
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+]+", "_", text).strip("_")
+
+
+def write_plots(groups: Sequence[Group], rows: Sequence[Row], metric: str, out: Path) -> list[Path]:
+    """A bar chart per grid axis (final-epoch metric, error bars = std over seeds) and the learning curves."""
+    from sskt.experiments.plots import bar_chart, learning_curves
+
+    paths = []
+    axes = list(dict.fromkeys(a for g in groups for a in g.levels))
+    for axis in axes:
+        bars: dict[str, dict[str, Summary]] = {}
+        for r in rows:
+            others = " ".join(v for a, v in r.group.levels.items() if a != axis)
+            bars.setdefault(r.group.levels.get(axis, "-"), {})[others] = r.final[metric]
+        paths.append(bar_chart(bars, out / f"bars_{_slug(axis)}.png", f"final {metric} by {axis}", metric, axis))
+    curves = {g.label: curve(g, metric) for g in groups}
+    paths.append(learning_curves(curves, out / f"curves_{metric}.png", metric))
+    return paths
+
+
+def write_report(runs_dir: str | Path, out: str | Path | None = None, plots: bool = True) -> Path:
+    """Read every finished run under ``runs_dir`` and write ``report.md``, ``report.csv`` and plots to ``out``
+    (default: ``runs_dir``). Returns the path of ``report.md``."""
+    import csv
+
+    root = Path(runs_dir)
+    if not root.is_dir():
+        raise UserError(f"runs directory {str(root)!r} does not exist")
+    runs, unfinished = find_runs(root)
+    if not runs:
+        raise UserError(f"no finished runs (summary.json + config.yaml) under {str(root)!r}")
+    dest = Path(out) if out else root
+    dest.mkdir(parents=True, exist_ok=True)
+    groups = group_runs(runs)
+    metric = headline_metric(runs)
+    rows = build_rows(groups, metric)
+    table = csv_rows(rows)
+    fields = list(dict.fromkeys(k for row in table for k in row))
+    with open(dest / "report.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(table)
+    pictures = write_plots(groups, rows, metric, dest) if plots else []
+    text = _markdown(root, runs, unfinished, rows, metric, [p.relative_to(dest) for p in pictures])
+    (dest / "report.md").write_text(text)
+    return dest / "report.md"
+
+
+_INTRO = (
+    "Metric `{metric}`: mean +- sample std (n seeds) at the final epoch and at each run's best epoch. Differences "
+    "to scratch pair runs by seed with the scratch group of the same setting; the interval is a 95% Student-t "
+    "interval over the paired differences."
+)
+
+
+def _markdown(
+    root: Path, runs: list[Run], unfinished: list[Path], rows: list[Row], metric: str, pictures: list[Path]
+) -> str:
+    lines = [f"# Report: {root}", ""]
+    lines.append(f"{len(runs)} finished runs in {len(rows)} groups (runs that differ only in seed).")
+    if unfinished:
+        lines.append(f"{len(unfinished)} unfinished run directories ignored: {', '.join(p.name for p in unfinished)}")
+    lines += ["", _INTRO.format(metric=metric), "", markdown_table(rows, metric), ""]
+    others = [m for m in rows[0].final if m != metric] if rows else []
+    if others:
+        lines += ["Other final-epoch metrics:", ""]
+        lines += ["| group | " + " | ".join(others) + " |", "|" + "---|" * (len(others) + 1)]
+        lines += ["| " + " | ".join([r.group.label] + [r.final[m].format() for m in others]) + " |" for r in rows]
+        lines.append("")
+    lines += ["## Provenance", "", *provenance(runs), ""]
+    if pictures:
+        lines += ["## Plots", ""] + [f"![{p.stem}]({p.as_posix()})" for p in pictures] + [""]
+    return "\n".join(lines)
+
+
+def report_main(argv: list[str] | None = None) -> int:
+    """``sskt report RUNS_DIR [--out DIR] [--no-plots]``."""
+    parser = argparse.ArgumentParser(prog="sskt report", description="Tables and plots from run directories.")
+    parser.add_argument("runs_dir", help="folder holding run directories (any depth)")
+    parser.add_argument("--out", default=None, help="where report.md, report.csv and plots go (default: RUNS_DIR)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    args = parser.parse_args(argv)
+    path = write_report(args.runs_dir, args.out, plots=not args.no_plots)
+    print(path)
+    return 0

@@ -1,0 +1,243 @@
+"""Grids (expansion, names, resume-skipping), statistics on known numbers, and reports from fabricated runs."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sskt.config import SourceConfig, TrainConfig
+from sskt.errors import UserError
+from sskt.experiments.grid import expand, grid_main, load_grid, parse_grid, run_grid, train_argv
+from sskt.experiments.report import group_runs, load_run, scratch_counterpart, write_report
+from sskt.experiments.stats import paired_diff, summarize, t_quantile_975
+
+
+def _write_grid(tmp_path: Path, raw: dict) -> Path:
+    (tmp_path / "preset.yaml").write_text("epochs: 2\n")
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+GRID = {
+    "base": ["preset.yaml", {"data": {"labels_per_class": 10}, "optim.lr": 0.05}],
+    "axes": {
+        "variant": [
+            {"label": "scratch", "method.name": "scratch"},
+            {"method.name": "sskt", "head.kind": "tm"},
+        ],
+        "method.alpha": [0.5, 1],
+    },
+    "seeds": [0, 3],
+    "out": "runs/x",
+}
+
+
+# --- grid expansion --------------------------------------------------------------------------------------------
+def test_expand_is_the_product_with_readable_stable_names(tmp_path: Path) -> None:
+    cells = expand(load_grid(_write_grid(tmp_path, GRID)))
+    assert len(cells) == 2 * 2 * 2
+    names = [c.name for c in cells]
+    assert names[:4] == [
+        "scratch-alpha0.5-seed0",
+        "scratch-alpha0.5-seed3",
+        "scratch-alpha1-seed0",
+        "scratch-alpha1-seed3",
+    ]
+    assert "sskt_tm-alpha1-seed3" in names  # a coupled value without a label is named by its values
+    assert names == [c.name for c in expand(load_grid(tmp_path / "grid.yaml"))]  # stable across loads
+    tm = next(c for c in cells if c.name == "sskt_tm-alpha0.5-seed0")
+    assert tm.overrides == {
+        "data.labels_per_class": 10,
+        "optim.lr": 0.05,
+        "method.name": "sskt",
+        "head.kind": "tm",
+        "method.alpha": 0.5,
+    }
+    assert tm.seed == 0 and tm.configs == [(tmp_path / "preset.yaml").resolve()]
+
+
+def test_coupled_value_can_add_a_preset_and_list_values(tmp_path: Path) -> None:
+    (tmp_path / "extra.yaml").write_text("epochs: 3\n")
+    sources = [{"name": "resnet50.imagenet"}, {"name": "resnet50.places365"}]
+    raw = {"axes": {"src": [{"label": "PI", "config": "extra.yaml", "sources": sources}]}, "seeds": [1]}
+    (cell,) = expand(load_grid(_write_grid(tmp_path, raw)))
+    assert cell.name == "PI-seed1"
+    assert cell.configs == [(tmp_path / "extra.yaml").resolve()]
+    argv = train_argv(cell, tmp_path / cell.name)
+    assert json.loads(argv[argv.index("--sources") + 1]) == sources
+
+
+def test_grid_rejects_bad_keys_and_colliding_names(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="method.alpah"):
+        parse_grid({"axes": {"method.alpah": [1]}})
+    with pytest.raises(UserError, match="axis"):
+        parse_grid({"axis": {}})
+    with pytest.raises(UserError, match="distinct"):
+        expand(parse_grid({"axes": {"v": [{"method.name": "kd"}, {"label": "kd", "method.alpha": 2}]}}))
+
+
+def test_train_argv_passes_overrides_seed_out_and_resume(tmp_path: Path) -> None:
+    cell = expand(parse_grid({"base": {"method.kd.legacy": True, "data.subset_seed": None}, "seeds": [7]}))[0]
+    argv = train_argv(cell, tmp_path / "c", threads=2, resume=True)
+    pairs = dict(zip(argv[::2], argv[1::2], strict=True))
+    assert pairs["--method.kd.legacy"] == "true" and pairs["--data.subset_seed"] == "null"
+    assert pairs["--seed"] == "7" and pairs["--out"] == str(tmp_path / "c")
+    assert pairs["--threads"] == "2" and pairs["--resume"] == "true"
+
+
+# --- grid running ----------------------------------------------------------------------------------------------
+class FakeRunner:
+    """Records what it was asked to run; 'trains' by writing summary.json, or fails for chosen cells."""
+
+    def __init__(self, fail: str = "") -> None:
+        self.calls: dict[str, list[str]] = {}
+        self.fail = fail
+
+    def __call__(self, argv: list[str], cell_dir: Path, threads: int) -> int:
+        self.calls[cell_dir.name] = argv
+        if self.fail and self.fail in cell_dir.name:
+            return 3
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        (cell_dir / "summary.json").write_text("{}")
+        return 0
+
+
+def test_finished_cells_are_skipped_and_checkpointed_ones_resume(tmp_path: Path) -> None:
+    grid = load_grid(_write_grid(tmp_path, GRID))
+    out = tmp_path / "runs"
+    (out / "scratch-alpha0.5-seed0").mkdir(parents=True)
+    (out / "scratch-alpha0.5-seed0" / "summary.json").write_text("{}")
+    (out / "scratch-alpha1-seed3" / "checkpoints").mkdir(parents=True)
+    (out / "scratch-alpha1-seed3" / "checkpoints" / "last.pt").write_bytes(b"")
+    runner = FakeRunner()
+    result = run_grid(grid, out, jobs=2, runner=runner)
+    assert result.skipped == ["scratch-alpha0.5-seed0"] and not result.failed
+    assert len(runner.calls) == 7 and "scratch-alpha0.5-seed0" not in runner.calls
+    assert runner.calls["scratch-alpha1-seed3"][-2:] == ["--resume", "true"]
+    assert "--resume" not in runner.calls["scratch-alpha1-seed0"]
+    again = FakeRunner()
+    assert len(run_grid(grid, out, runner=again).skipped) == 8 and not again.calls  # a rerun redoes nothing
+
+
+def test_a_failing_cell_is_reported_and_the_grid_goes_on(tmp_path: Path) -> None:
+    grid = load_grid(_write_grid(tmp_path, GRID))
+    result = run_grid(grid, tmp_path / "runs", runner=FakeRunner(fail="sskt_tm-alpha1"))
+    assert sorted(result.failed) == ["sskt_tm-alpha1-seed0", "sskt_tm-alpha1-seed3"]
+    assert len(result.finished) == 6
+
+
+def test_dry_run_lists_every_cell_and_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = _write_grid(tmp_path, GRID)
+    assert grid_main(["--config", str(path), "--out", str(tmp_path / "r"), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 8 and all(line.startswith("[new] python -m sskt.cli train") for line in lines)
+    assert not (tmp_path / "r").exists()
+
+
+# --- statistics ------------------------------------------------------------------------------------------------
+def test_summary_is_mean_and_sample_std() -> None:
+    s = summarize([90.0, 91.0, 95.0])
+    assert s.mean == pytest.approx(92.0) and s.n == 3
+    assert s.std == pytest.approx(math.sqrt(((90 - 92) ** 2 + (91 - 92) ** 2 + (95 - 92) ** 2) / 2))
+    assert summarize([4.0]).std == 0.0 and summarize([]).n == 0
+
+
+def test_paired_difference_interval_by_hand() -> None:
+    a = {0: 85.0, 1: 84.0, 2: 86.5, 9: 99.0}  # seed 9 has no partner and is left out
+    b = {0: 84.0, 1: 83.0, 2: 85.3}
+    d = paired_diff(a, b)
+    diffs = [1.0, 1.0, 1.2]
+    half = 4.303 * statistics.stdev(diffs) / math.sqrt(3)  # t_{0.975} with 2 degrees of freedom
+    assert d.n == 3 and d.mean == pytest.approx(statistics.mean(diffs))
+    assert (d.low, d.high) == (pytest.approx(d.mean - half), pytest.approx(d.mean + half))
+    assert d.significant and not paired_diff({0: 1.0, 1: 2.0}, {0: 0.0, 1: 2.5}).significant
+    assert paired_diff({0: 1.0}, {0: 0.0}).n == 1 and math.isnan(paired_diff({0: 1.0}, {0: 0.0}).low)
+
+
+@pytest.mark.parametrize("df", [1, 2, 4, 9, 30, 31, 60, 200])
+def test_t_quantile_leaves_2_5_percent_in_each_tail(df: int) -> None:
+    q = t_quantile_975(df)
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    steps = 20000  # midpoint rule on [0, q] of the t density; symmetric, so the central mass is twice that
+    h = q / steps
+    mass = sum(math.exp(log_c - (df + 1) / 2 * math.log1p(((i + 0.5) * h) ** 2 / df)) for i in range(steps)) * h
+    assert 2 * mass == pytest.approx(0.95, abs=2e-4)
+
+
+# --- reports ---------------------------------------------------------------------------------------------------
+FINAL = {"scratch": [80.0, 81.0, 82.5], "sskt": [81.0, 82.0, 84.0]}
+
+
+def _fabricate(root: Path, method: str, seed: int, final: float, head: str = "linear") -> Path:
+    cfg = TrainConfig(seed=seed, epochs=3, out=str(root / f"{method}-seed{seed}"))
+    cfg.method.name = method
+    if method != "scratch":
+        cfg.sources = [SourceConfig(name="efficientnet_lite0.imagenet")]
+        cfg.head.kind = head
+    run = Path(cfg.out)
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    recs = [{"epoch": e, "train_loss": 1.0 / e, "test_acc": final - 3 + e} for e in (1, 2, 3)]
+    (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    summary = {
+        "final": {"test_acc": final, "test_loss": 0.5},
+        "best": {"test_acc": final + 1},
+        "best_epoch": 2,
+        "wall_seconds": 60.0 * (seed + 1),
+        "seed": seed,
+        "git_commit": "abc123def4567890",
+        "versions": {"torch": "2.14.1"},
+        "method": method,
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_groups_differ_only_in_seed_and_pair_with_scratch(tmp_path: Path) -> None:
+    runs = [load_run(_fabricate(tmp_path, m, s, v[s])) for m, v in FINAL.items() for s in range(3)]
+    groups = group_runs(runs)
+    assert [g.label for g in groups] == ["scratch", "sskt"] and all(len(g.runs) == 3 for g in groups)
+    assert scratch_counterpart(groups[1], groups) is groups[0]
+    assert scratch_counterpart(groups[0], groups) is None
+
+
+def test_report_files_from_fabricated_runs(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for method, values in FINAL.items():
+        for seed, v in enumerate(values):
+            _fabricate(runs, method, seed, v)
+    (runs / "killed-seed0").mkdir()
+    (runs / "killed-seed0" / "config.yaml").write_text("seed: 0\n")
+    md = write_report(runs, tmp_path / "rep")
+    text = md.read_text()
+    sskt = summarize(FINAL["sskt"])
+    assert f"{sskt.mean:.2f} +- {sskt.std:.2f} (3)" in text
+    best = summarize([v + 1 for v in FINAL["sskt"]])
+    assert f"{best.mean:.2f} +- {best.std:.2f} (3)" in text
+    diffs = [a - b for a, b in zip(FINAL["sskt"], FINAL["scratch"], strict=True)]
+    half = 4.303 * statistics.stdev(diffs) / math.sqrt(3)
+    mean = statistics.mean(diffs)
+    assert f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] (3)" in text
+    assert "abc123def456" in text and "2.14.1" in text and "killed-seed0" in text
+    with open(tmp_path / "rep" / "report.csv") as f:
+        rows = {r["group"]: r for r in csv.DictReader(f)}
+    assert float(rows["sskt"]["final_test_acc_mean"]) == pytest.approx(sskt.mean)
+    assert float(rows["sskt"]["final_diff_low"]) == pytest.approx(mean - half)
+    assert rows["scratch"]["final_diff_mean"] == ""
+    pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
+    assert pngs == ["bars_method.name+sources.png", "curves_test_acc.png"]
+    assert all((tmp_path / "rep" / p).stat().st_size > 1000 for p in pngs)
+    assert all(f"({p})" in text for p in pngs)
+
+
+def test_report_without_runs_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no finished runs"):
+        write_report(tmp_path)
