@@ -145,6 +145,15 @@ def fashion_mnist(cfg: DataConfig) -> DatasetSpec:
 
 
 # --- torchvision datasets --------------------------------------------------------------------------------------
+# The folder torchvision's loader expects inside the data root, per dataset (named in the not-found error).
+TORCHVISION_FOLDERS = {
+    "fashion_mnist": "FashionMNIST/raw/",
+    "cifar10": "cifar-10-batches-py/",
+    "cifar100": "cifar-100-python/",
+    "stl10": "stl10_binary/",
+}
+
+
 def _torchvision_call(name: str, root: Path, make: Callable[[], object]) -> object:
     """Run a torchvision dataset constructor, turning its missing-file and download errors into a UserError."""
     try:
@@ -152,8 +161,8 @@ def _torchvision_call(name: str, root: Path, make: Callable[[], object]) -> obje
     except (RuntimeError, OSError) as err:  # torchvision raises RuntimeError for missing files, OSError offline
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(
-            f"{name} data not found or not downloadable in {root} ({reason}); set data.root to the folder holding "
-            "torchvision's files, or data.download=true with network"
+            f"{name} data not found or not downloadable in {root} (expected {TORCHVISION_FOLDERS[name]} there: "
+            f"{reason}); set data.root to the folder holding it, or data.download=true with network"
         ) from err
 
 
