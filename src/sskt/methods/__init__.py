@@ -6,3 +6,6 @@ from sskt.registry import Registry
 METHODS: Registry[Method] = Registry("method")
 
 __all__ = ["METHODS", "Method", "MethodContext", "SingleNetMethod", "StepOutput"]
+
+# Importing the method modules registers them (they need METHODS, defined above).
+from sskt.methods import scratch, sskt  # noqa: E402,F401

@@ -1,0 +1,57 @@
+"""``evaluate(path)``: re-evaluate a trained run from its ``config.yaml`` and saved weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sskt.engine.checkpoint import load_checkpoint
+from sskt.engine.config_io import load_config
+from sskt.engine.evaluation import TestBatches, evaluate_network, evaluate_networks
+from sskt.engine.records import CHECKPOINT, CONFIG, WEIGHTS
+from sskt.engine.weights import load_target_weights
+from sskt.errors import UserError
+
+
+def _run_dir(path: Path) -> Path:
+    """The run directory a path belongs to: the directory itself, or the one holding the weights/checkpoint."""
+    for candidate in (path, path.parent, path.parent.parent):
+        if (candidate / CONFIG).is_file():
+            return candidate
+    raise UserError(f"{str(path)!r} is not a run directory, its {WEIGHTS}, or its {CHECKPOINT} (no {CONFIG} found)")
+
+
+def evaluate(path: str | Path, device: str | torch.device = "cpu") -> dict[str, float]:
+    """Test metrics of a run. A run directory or ``model.safetensors`` evaluates the final target; a checkpoint
+    file (``checkpoints/last.pt``) rebuilds the method and evaluates every network it evaluates during training."""
+    from sskt.data import build_dataset
+
+    path = Path(path)
+    run = _run_dir(path)
+    cfg = load_config(run / CONFIG)
+    cfg.data.download = False
+    spec = build_dataset(cfg.data)
+    device = torch.device(device)
+    test = TestBatches(spec, cfg.data.eval_batch_size, device, cfg.data.num_workers)
+    if path.suffix == ".pt":
+        return _evaluate_checkpoint(cfg, spec, path, test, device)
+    state, aux_classes = load_target_weights(path if path.suffix == ".safetensors" else run / WEIGHTS)
+    from sskt.models import build_target
+
+    net = build_target(cfg.model, spec.num_classes, aux_classes, cfg.head)
+    net.load_state_dict(state)
+    return evaluate_network(net.to(device), test, spec.task, spec.num_classes, device)
+
+
+def _evaluate_checkpoint(cfg, spec, path: Path, test, device: torch.device) -> dict[str, float]:
+    from lightning_fabric import Fabric
+
+    from sskt.methods import METHODS, MethodContext
+
+    method = METHODS.create(cfg.method.name, ctx=MethodContext(cfg, spec, 1))
+    # The method's state includes optimizers, which exist only after setup.
+    method.setup(Fabric(accelerator="cpu", devices=1, precision="32-true"))
+    method.load_state_dict(load_checkpoint(path)["method"])
+    nets = {prefix: net.to(device) for prefix, net in method.evaluated().items()}
+    return evaluate_networks(nets, test, spec.task, spec.num_classes, device)

@@ -1,0 +1,155 @@
+"""``train(cfg)``: one run on Lightning Fabric, from config to summary. The loop is flat; one comment per phase."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from lightning_fabric import Fabric
+from lightning_fabric.loggers import TensorBoardLogger
+from torch import Tensor
+
+from sskt.config import TrainConfig
+from sskt.engine.checkpoint import load_checkpoint, save_atomic
+from sskt.engine.checks import check_config
+from sskt.engine.evaluation import TestBatches, evaluate_networks, headline_metric
+from sskt.engine.progress import EpochProgress, epoch_line
+from sskt.engine.records import RunDir, git_commit, versions
+from sskt.engine.seeding import rng_state, seed_everything, set_rng_state
+from sskt.engine.weights import save_target_weights
+from sskt.methods import METHODS, Method, MethodContext
+
+
+def build_fabric(cfg: TrainConfig, run: RunDir) -> Fabric:
+    """Fabric with the run's devices and precision, logging TensorBoard scalars under ``<out>/tb``."""
+    logger = TensorBoardLogger(root_dir=str(run.tb), name="", version="")
+    return Fabric(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        loggers=[logger],
+    )
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train one run into ``cfg.out`` and return its summary (also written to ``summary.json``)."""
+    from sskt.data import TrainStream, build_dataset
+
+    check_config(cfg)
+    started = time.perf_counter()
+    run = RunDir(cfg.out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    fabric = build_fabric(cfg, run)
+    fabric.launch()
+    if fabric.is_global_zero:
+        run.prepare(cfg)
+
+    # Build data and method; the target's initial weights follow from cfg.seed alone.
+    seed_everything(cfg.seed)
+    spec = build_dataset(cfg.data)
+    stream = TrainStream(spec, cfg, device=fabric.device)
+    method = METHODS.create(cfg.method.name, ctx=MethodContext(cfg, spec, len(stream)))
+    method.setup(fabric)
+    test = TestBatches(spec, cfg.data.eval_batch_size, fabric.device, cfg.data.num_workers)
+    headline = headline_metric(spec.task)
+
+    # Resume: weights, optimizers, schedules, RNG states, best-so-far; the stream replays from (seed, epoch).
+    state = {"epoch": 0, "best": {}, "best_epoch": None, "wall_seconds": 0.0}
+    if cfg.resume and run.checkpoint.exists():
+        state = restore(run, method)
+    if fabric.is_global_zero:
+        run.truncate_records(state["epoch"])
+    prior_seconds = state["wall_seconds"]
+    metrics: dict[str, float] = {}
+
+    for epoch in range(state["epoch"], cfg.epochs):
+        record = train_epoch(fabric, method, stream, epoch)
+
+        # Evaluate every eval_every epochs and after the last one.
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            metrics = evaluate_networks(method.evaluated(), test, spec.task, spec.num_classes, fabric.device)
+            record.update(metrics)
+            if state["best_epoch"] is None or metrics[headline] > state["best"].get(headline, float("-inf")):
+                state["best"], state["best_epoch"] = dict(metrics), epoch + 1
+
+        # Record, log, checkpoint (atomically, so a kill at any moment leaves a loadable last.pt).
+        state["epoch"], state["wall_seconds"] = epoch + 1, prior_seconds + time.perf_counter() - started
+        if fabric.is_global_zero:
+            run.append_record(record)
+            print(epoch_line(record, cfg.epochs), flush=True)
+            save_atomic(checkpoint_state(method, state), run.checkpoint)
+        fabric.log_dict({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+        fabric.barrier()
+
+    # A resumed run that had already finished still reports the trained networks' final metrics.
+    if not metrics:
+        metrics = evaluate_networks(method.evaluated(), test, spec.task, spec.num_classes, fabric.device)
+    return finish(cfg, run, fabric, method, state, metrics)
+
+
+def train_epoch(fabric: Fabric, method: Method, stream, epoch: int) -> dict:
+    """One pass over the stream. Losses and logs are summed on device and read once at the end (no per-step sync)."""
+    steps = len(stream)
+    lr = method.lr()
+    loss_sum = torch.zeros((), device=fabric.device)
+    log_sums: dict[str, Tensor] = {}
+    images = 0
+    method.start_epoch(epoch)
+    start = time.perf_counter()
+    with EpochProgress(method.cfg.progress and fabric.is_global_zero, epoch, method.cfg.epochs, steps) as bar:
+        for batch in stream.epoch(epoch):
+            out = method.training_step(batch.to(fabric.device))
+            loss_sum += out.loss.float()
+            for key, value in out.logs.items():
+                log_sums[key] = log_sums.get(key, 0) + value.float()
+            images += batch.images.shape[0]
+            bar.advance(batch.images.shape[0])
+    method.end_epoch(epoch)
+    seconds = time.perf_counter() - start
+    # One all-reduce per epoch: the mean over every device's steps.
+    means = fabric.all_reduce({"train_loss": loss_sum, **log_sums}, reduce_op="mean")
+    means = {k: (v / steps).item() for k, v in means.items()}
+    return {
+        "epoch": epoch + 1,
+        "train_loss": means.pop("train_loss"),
+        "lr": lr,
+        "epoch_seconds": seconds,
+        "images_per_second": images * fabric.world_size / max(seconds, 1e-9),
+        **means,
+    }
+
+
+def checkpoint_state(method: Method, state: dict) -> dict:
+    """Everything a resumed run needs, as tensors, numbers and dicts (``weights_only=True`` loadable)."""
+    return {"method": method.state_dict(), **state, "rng": rng_state()}
+
+
+def restore(run: RunDir, method: Method) -> dict:
+    """Load ``last.pt`` into the method and the global RNGs; return the loop state it holds."""
+    ckpt = load_checkpoint(run.checkpoint)
+    method.load_state_dict(ckpt["method"])
+    set_rng_state(ckpt["rng"])
+    return {k: ckpt[k] for k in ("epoch", "best", "best_epoch", "wall_seconds")}
+
+
+def finish(cfg: TrainConfig, run: RunDir, fabric: Fabric, method: Method, state: dict, final: dict) -> dict:
+    """Write ``model.safetensors`` and ``summary.json``; return the summary."""
+    summary = {
+        "final": final,
+        "best": state["best"],
+        "best_epoch": state["best_epoch"],
+        "wall_seconds": state["wall_seconds"],
+        "seed": cfg.seed,
+        "git_commit": git_commit(),
+        "versions": versions(),
+        "method": cfg.method.name,
+        "epochs": cfg.epochs,
+    }
+    if fabric.is_global_zero:
+        save_target_weights(method, run.weights)
+        run.write_summary(summary)
+    fabric.barrier()
+    return summary

@@ -1,0 +1,97 @@
+"""SSKT (Hong et al., WACV 2022): the target learns its labels plus, per frozen source, that source's soft labels
+through its own auxiliary head.
+
+    L = L_primary(z[:n], y) + alpha_e * sum_m w_m * L_aux(a_m, s_m; T)
+
+``z`` primary logits (labelled rows ``:n`` only), ``a_m`` auxiliary logits for source ``m`` (all rows, unlabelled
+included), ``s_m`` the source's logits for the same augmented image (from the soft-label cache when the batch
+carries them, else computed online without gradient), ``w_m`` the per-source weight, ``alpha_e`` the scheduled
+auxiliary weight of epoch ``e``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from sskt.config import MethodConfig, SourceConfig
+from sskt.data.spec import Batch
+from sskt.errors import UserError, check_choice
+from sskt.losses import aux_loss, primary_loss
+from sskt.methods import METHODS
+from sskt.methods.base import MethodContext, SingleNetMethod
+
+ALPHA_SCHEDULES = ("constant", "warmup", "cosine")
+
+
+def alpha_at(cfg: MethodConfig, epoch: int, epochs: int) -> float:
+    """The auxiliary weight during ``epoch`` (0-based) of ``epochs``.
+
+    'constant': ``alpha`` (the paper). 'warmup': linear ramp reaching ``alpha`` at epoch ``alpha_warmup_epochs``.
+    'cosine': half-cosine decay from ``alpha`` at the first epoch to ``alpha_floor * alpha`` at the last.
+    """
+    check_choice("method.alpha_schedule", cfg.alpha_schedule, ALPHA_SCHEDULES)
+    if cfg.alpha_schedule == "warmup":
+        return cfg.alpha * min(1.0, (epoch + 1) / (cfg.alpha_warmup_epochs + 1))
+    if cfg.alpha_schedule == "cosine":
+        progress = epoch / max(1, epochs - 1)
+        return cfg.alpha * (cfg.alpha_floor + (1 - cfg.alpha_floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return cfg.alpha
+
+
+def source_keys(sources: list[SourceConfig]) -> list[str]:
+    """One unique key per source: its name, suffixed '#<i>' when the same name appears more than once."""
+    names = [s.name for s in sources]
+    return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
+
+
+@METHODS.register("sskt")
+class SSKT(SingleNetMethod):
+    """The target with one auxiliary head per source, trained on the primary loss plus the weighted aux losses."""
+
+    def __init__(self, ctx: MethodContext) -> None:
+        super().__init__(ctx)
+        from sskt.models import build_target
+        from sskt.sources import SourceBank, build_source
+
+        if not self.cfg.sources:
+            raise UserError("method 'sskt' needs at least one source; set sources: [{name: <source>}] in the config")
+        self.keys = source_keys(self.cfg.sources)
+        self.weights = {k: s.weight for k, s in zip(self.keys, self.cfg.sources, strict=True)}
+        spec = ctx.spec
+        built = {k: build_source(s, spec.mean, spec.std) for k, s in zip(self.keys, self.cfg.sources, strict=True)}
+        self.bank = SourceBank(built)
+        self.primary = primary_loss(self.cfg.method.primary_loss)
+        self.aux = aux_loss(self.cfg.method.aux_loss)
+        # Seed right before building so the target starts from the same weights as scratch with the same seed.
+        torch.manual_seed(self.cfg.seed)
+        self.aux_classes = {k: src.num_classes for k, src in built.items()}
+        self.net = build_target(self.cfg.model, spec.num_classes, self.aux_classes, self.cfg.head)
+
+    def setup(self, fabric) -> None:
+        super().setup(fabric)
+        # Sources are frozen: on the device, outside Fabric's wrapping, never in an optimizer.
+        self.bank = self.bank.to(fabric.device)
+
+    def source_logits(self, batch: Batch) -> dict[str, Tensor]:
+        """Soft-label targets per source: cached in the batch when available, else computed online."""
+        if batch.soft is not None and all(k in batch.soft for k in self.keys):
+            return {k: batch.soft[k] for k in self.keys}
+        with torch.no_grad(), self.fabric.autocast():
+            return self.bank(batch.images)
+
+    def compute_loss(self, batch: Batch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        targets = self.source_logits(batch)
+        out = self.net(batch.images)
+        n = batch.num_labeled
+        logits = out.logits[:n]
+        primary = self.primary(logits, batch.labels)
+        alpha = alpha_at(self.cfg.method, self.epoch, self.cfg.epochs)
+        loss, logs = primary, {"primary_loss": primary.detach()}
+        for key in self.keys:
+            aux = self.aux(out.aux_logits[key], targets[key].float(), self.cfg.method.temperature)
+            logs[f"aux_{key}"] = aux.detach()
+            loss = loss + alpha * self.weights[key] * aux
+        return loss, logits, logs
