@@ -1,0 +1,67 @@
+"""Shared fixtures: a small Fashion-MNIST written as IDX files, and a tiny run configuration over it."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from sskt.config import TrainConfig
+from sskt.data.datasets import read_idx
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _write_idx(path: Path, data: torch.Tensor) -> None:
+    """Write uint8 ``data`` as an IDX file (magic 0x0000080<ndim>, big-endian dims), gzipped."""
+    header = struct.pack(">I", 0x800 | data.dim()) + struct.pack(f">{data.dim()}I", *data.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + data.to(torch.uint8).contiguous().numpy().tobytes())
+
+
+def _first_per_class(labels: torch.Tensor, per_class: int) -> torch.Tensor:
+    return torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(10)]).sort().values
+
+
+@pytest.fixture(scope="session")
+def small_fmnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Fashion-MNIST folder with 60 train and 10 test images per class (600 / 100), cut from the real files."""
+    if not (FMNIST / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST IDX files missing (install the dataset-fashion-mnist package)")
+    out = tmp_path_factory.mktemp("fmnist")
+    for split, per_class in (("train", 60), ("t10k", 10)):
+        images = read_idx(FMNIST / f"{split}-images-idx3-ubyte.gz")
+        labels = read_idx(FMNIST / f"{split}-labels-idx1-ubyte.gz")
+        keep = _first_per_class(labels.long(), per_class)
+        _write_idx(out / f"{split}-images-idx3-ubyte.gz", images[keep])
+        _write_idx(out / f"{split}-labels-idx1-ubyte.gz", labels[keep])
+    return out
+
+
+def make_tiny_cfg(data_root: Path, out: Path) -> TrainConfig:
+    """A few-second scratch run: resnet20 on 200 labelled Fashion-MNIST images, 3 epochs, batch 50, on CPU."""
+    cfg = TrainConfig(seed=0, epochs=3, out=str(out), accelerator="cpu", progress=False)
+    cfg.data.root = str(data_root)
+    cfg.data.download = False
+    cfg.data.labels_per_class = 20
+    cfg.data.batch_size = 50
+    cfg.data.eval_batch_size = 100
+    cfg.optim.lr = 0.05
+    cfg.optim.schedule = "cosine"
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg_factory(small_fmnist: Path) -> Callable[[Path], TrainConfig]:
+    """``out -> make_tiny_cfg(small_fmnist, out)``, for module-scoped fixtures that train once."""
+    return lambda out: make_tiny_cfg(small_fmnist, out)
+
+
+@pytest.fixture
+def tiny_cfg(small_fmnist: Path, tmp_path: Path) -> TrainConfig:
+    """``make_tiny_cfg`` writing into this test's temporary folder."""
+    return make_tiny_cfg(small_fmnist, tmp_path / "run")

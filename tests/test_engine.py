@@ -1,0 +1,140 @@
+"""The engine end to end on a tiny Fashion-MNIST run: records, summary, checkpoint, resume, evaluate, checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sskt.config import TrainConfig
+from sskt.engine import check_config, evaluate, loop, train
+from sskt.engine.checkpoint import load_checkpoint, save_atomic
+from sskt.engine.config_io import load_config
+from sskt.engine.records import read_records
+from sskt.engine.seeding import rng_state, seed_everything, set_rng_state
+from sskt.errors import UserError
+
+RECORD_KEYS = {"epoch", "train_loss", "lr", "epoch_seconds", "images_per_second", "test_acc", "test_loss"}
+SUMMARY_KEYS = {"final", "best", "best_epoch", "wall_seconds", "seed", "git_commit", "versions", "method", "epochs"}
+
+
+class Killed(Exception):
+    """Stands in for a kill signal arriving right after the first checkpoint is on disk."""
+
+
+def _small(cfg: TrainConfig, epochs: int, out: str) -> TrainConfig:
+    """2 steps per epoch (40 labelled images, batch 20): enough to exercise every phase, fast on 2 cores."""
+    cfg = dataclasses.replace(cfg, epochs=epochs, out=out)
+    cfg.data = dataclasses.replace(cfg.data, labels_per_class=4, batch_size=20)
+    return cfg
+
+
+def _train_killed_after_first_checkpoint(cfg: TrainConfig) -> None:
+    saved = loop.save_atomic
+
+    def save_then_die(state: dict, path) -> None:
+        saved(state, path)
+        raise Killed
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "save_atomic", save_then_die)
+        with pytest.raises(Killed):
+            train(cfg)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, tiny_cfg_factory) -> dict:
+    """An uninterrupted 2-epoch run, and the same run killed after epoch 1 then resumed."""
+    root = tmp_path_factory.mktemp("runs")
+    base = tiny_cfg_factory(root / "unused")
+    full = train(_small(base, 2, str(root / "full")))
+    cfg = _small(base, 2, str(root / "split"))
+    _train_killed_after_first_checkpoint(cfg)
+    resumed = train(dataclasses.replace(cfg, resume=True))
+    return {"root": root, "full": full, "resumed": resumed, "cfg": base}
+
+
+def test_resume_reaches_the_same_numbers_and_weights(runs: dict) -> None:
+    assert runs["resumed"]["final"] == runs["full"]["final"]
+    assert runs["resumed"]["best"] == runs["full"]["best"]
+    full = load_file(runs["root"] / "full" / "model.safetensors")
+    resumed = load_file(runs["root"] / "split" / "model.safetensors")
+    assert full.keys() == resumed.keys()
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+    # The resumed run lists every epoch exactly once, with the uninterrupted run's losses.
+    full_records, split_records = read_records(runs["root"] / "full"), read_records(runs["root"] / "split")
+    assert [r["epoch"] for r in split_records] == [1, 2]
+    assert [r["train_loss"] for r in split_records] == [r["train_loss"] for r in full_records]
+
+
+def test_run_directory_has_the_documented_files_and_keys(runs: dict) -> None:
+    run = runs["root"] / "full"
+    records = read_records(run)
+    assert len(records) == 2 and all(set(r) >= RECORD_KEYS for r in records)
+    assert all(0 <= r["test_acc"] <= 100 for r in records)
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary) >= SUMMARY_KEYS
+    assert set(summary["versions"]) == {"python", "torch", "torchvision", "lightning", "sskt"}
+    assert summary["final"]["test_acc"] == records[-1]["test_acc"]
+    assert summary["best"]["test_acc"] == max(r["test_acc"] for r in records)
+    assert load_config(run / "config.yaml").epochs == 2
+    assert any((run / "tb").iterdir())
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and "method" in ckpt and "rng" in ckpt
+
+
+def test_evaluate_reproduces_the_final_metrics(runs: dict) -> None:
+    run = runs["root"] / "full"
+    final = runs["full"]["final"]
+    for path in (run, run / "model.safetensors", run / "checkpoints" / "last.pt"):
+        metrics = evaluate(path)
+        assert metrics["test_acc"] == pytest.approx(final["test_acc"], abs=1e-6)
+        assert metrics["test_loss"] == pytest.approx(final["test_loss"], rel=1e-5)
+
+
+def test_refuses_to_overwrite_a_run_without_resume(runs: dict) -> None:
+    cfg = _small(runs["cfg"], 2, str(runs["root"] / "full"))
+    with pytest.raises(UserError, match="already has records"):
+        train(cfg)
+
+
+def test_check_config_names_the_bad_value_and_the_choices() -> None:
+    for edit, bad in [
+        (lambda c: setattr(c.model, "name", "resnet7"), "resnet7"),
+        (lambda c: setattr(c.data, "name", "mnist9"), "mnist9"),
+        (lambda c: setattr(c.method, "name", "magic"), "magic"),
+        (lambda c: setattr(c.head, "kind", "mlp"), "mlp"),
+        (lambda c: setattr(c.method, "aux_loss", "l2"), "l2"),
+        (lambda c: setattr(c.method, "alpha_schedule", "step"), "step"),
+        (lambda c: setattr(c, "precision", "8-bit"), "8-bit"),
+    ]:
+        cfg = TrainConfig()
+        edit(cfg)
+        with pytest.raises(UserError, match=f"'{bad}'.*valid") as info:
+            check_config(cfg)
+        assert "\n" not in str(info.value)
+    check_config(TrainConfig())
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path) -> None:
+    seed_everything(7)
+    save_atomic({"rng": rng_state()}, tmp_path / "c.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    set_rng_state(load_checkpoint(tmp_path / "c.pt")["rng"])
+    got = (random.random(), np.random.rand(), torch.rand(3))
+    assert expected[:2] == got[:2] and torch.equal(expected[2], got[2])
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_unreadable_checkpoint_is_a_user_error(tmp_path) -> None:
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot be read"):
+        load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(UserError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
