@@ -75,6 +75,14 @@ def test_coupled_value_can_add_a_preset_and_list_values(tmp_path: Path) -> None:
     assert json.loads(argv[argv.index("--sources") + 1]) == sources
 
 
+def test_seed_placeholder_names_per_seed_files() -> None:
+    grid = parse_grid({"base": {"method.kd.teacher": "checkpoint:runs/t/teacher-seed{seed}"}, "seeds": [2, 4]})
+    assert [c.overrides["method.kd.teacher"] for c in expand(grid)] == [
+        "checkpoint:runs/t/teacher-seed2",
+        "checkpoint:runs/t/teacher-seed4",
+    ]
+
+
 def test_grid_rejects_bad_keys_and_colliding_names(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="method.alpah"):
         parse_grid({"axes": {"method.alpah": [1]}})

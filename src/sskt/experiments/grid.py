@@ -13,6 +13,9 @@ A grid file (YAML, read with ``yaml.safe_load``; nothing executes)::
     seeds: [0, 1, 2]
     out: runs/paper/cifar10     # root of the cell directories (``--out`` overrides it)
 
+Top-level keys starting with ``x-`` are ignored: a place for YAML anchors (``&name``) that several values share.
+A string value may contain ``{seed}``, replaced by the cell's seed (``checkpoint:runs/teachers/t-seed{seed}``).
+
 Each cell runs ``python -m sskt.cli train`` in its own process (``out/<axis values>-seed<N>/``), so cells are
 isolated and can run side by side. A cell with ``summary.json`` is done and skipped; one with a checkpoint resumes.
 """
@@ -127,7 +130,7 @@ def _split_base(base: Any, here: Path) -> tuple[list[Path], dict[str, Any]]:
 def parse_grid(raw: Mapping[str, Any], here: Path = Path("."), source: Path | None = None) -> Grid:
     """Validate a grid mapping (as read from YAML); preset paths are relative to ``here``."""
     for key in raw:
-        if key not in GRID_KEYS:
+        if key not in GRID_KEYS and not str(key).startswith("x-"):
             raise choice_error("grid key", key, GRID_KEYS)
     configs, overrides = _split_base(raw.get("base"), here)
     axes = dict(raw.get("axes") or {})
@@ -207,6 +210,10 @@ def _apply(cell: Cell, value: Any, axis: str, here: Path) -> None:
     cell.overrides.update(flatten({k: v for k, v in value.items() if k not in COUPLED_KEYS}))
 
 
+def _with_seed(value: Any, seed: int) -> Any:
+    return value.replace("{seed}", str(seed)) if isinstance(value, str) else value
+
+
 def expand(grid: Grid) -> list[Cell]:
     """Every cell of the grid: the product of the axes (first axis slowest), then the seeds."""
     here = grid.source.parent if grid.source else Path(".")
@@ -218,6 +225,8 @@ def expand(grid: Grid) -> list[Cell]:
             cell = Cell("-".join([*parts, f"seed{seed}"]), seed, dict(grid.overrides), list(grid.configs))
             for n, v in zip(names, combo, strict=True):
                 _apply(cell, v, n, here)
+            # '{seed}' in a string value names a per-seed file, such as the KD teacher trained with the same seed
+            cell.overrides = {k: _with_seed(v, seed) for k, v in cell.overrides.items()}
             cells.append(cell)
     seen: dict[str, int] = {}
     for c in cells:
