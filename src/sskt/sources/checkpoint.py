@@ -1,0 +1,91 @@
+"""A user's own trained classifier as a source: ``checkpoint:<run dir>`` or ``checkpoint:<weights file>``.
+
+A run directory written by ``sskt train`` holds ``config.yaml`` (which names the architecture and the dataset) and
+``model.safetensors`` (the trained target, auxiliary heads included). A bare ``.safetensors``/``.pt`` state dict
+needs a ``config.yaml`` beside it for the same two facts. The source is the target's primary classifier: its label
+space is the target dataset's, and it expects images normalised with that dataset's mean/std.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sskt.errors import UserError
+from sskt.sources.base import SOURCES, Pretrained
+from sskt.sources.weights import State, load_into, load_state_file
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+AUX_PREFIX = "aux."  # the Target's auxiliary heads (sskt.models.target); they play no part in the primary logits
+
+
+def _locate(path: str) -> tuple[Path, Path]:
+    """(weights file, config file) for a run directory or a weights file."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return p / WEIGHTS_FILE, p / CONFIG_FILE
+    if p.is_file():
+        return p, p.parent / CONFIG_FILE
+    raise UserError(f"checkpoint {path!r} does not exist (give a run directory or a .safetensors/.pt file)")
+
+
+def _read_config(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{what}: no {CONFIG_FILE} at {str(path)!r} (it names the architecture and the dataset)")
+    try:
+        cfg = yaml.safe_load(path.read_text())
+        return {"model": cfg["model"]["name"], "data": cfg["data"]}
+    except (yaml.YAMLError, KeyError, TypeError) as exc:
+        raise UserError(f"{what}: {str(path)!r} has no model.name and data section ({type(exc).__name__})") from exc
+
+
+def _num_classes(state: State, what: str) -> int:
+    weight = state.get("fc.weight")
+    if weight is None or weight.dim() != 2:
+        raise UserError(f"{what}: the weights have no primary classifier 'fc.weight' [num_classes, features]")
+    return int(weight.shape[0])
+
+
+def _dataset_stats(data: dict[str, Any], what: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean/std the checkpoint's target was trained with: written in its data section (a hand-made config.yaml
+    for a foreign state dict), else sskt.data's table of dataset statistics, else those of the dataset built from
+    the data section (without downloading; folders and VOC compute theirs)."""
+    if "mean" in data and "std" in data:
+        return tuple(data["mean"]), tuple(data["std"])
+    from sskt.config import DataConfig
+    from sskt.data import build_dataset
+    from sskt.data.datasets import STATS
+
+    if data.get("name") in STATS:
+        mean, std = STATS[data["name"]]
+        return tuple(mean), tuple(std)
+
+    fields = {k: v for k, v in data.items() if k in DataConfig.__dataclass_fields__}
+    try:
+        spec = build_dataset(DataConfig(**{**fields, "download": False}))
+    except UserError as exc:
+        raise UserError(f"{what}: cannot find the normalisation of dataset {data.get('name')!r}: {exc}") from exc
+    return tuple(spec.mean), tuple(spec.std)
+
+
+@SOURCES.register_prefix("checkpoint:")
+def checkpoint_source(path: str, weights: str | None = None) -> Pretrained:
+    """The primary classifier of a trained target (``weights`` overrides the weights file)."""
+    what = f"source 'checkpoint:{path}'"
+    weights_path, config_path = _locate(path)
+    if weights is not None:
+        weights_path = Path(weights)
+    state = load_state_file(weights_path, what)
+    cfg = _read_config(config_path, what)
+    state = {k: v for k, v in state.items() if not k.startswith(AUX_PREFIX)}
+    num_classes = _num_classes(state, what)
+    from sskt.config import HeadConfig, ModelConfig
+    from sskt.models import build_target
+
+    net = build_target(ModelConfig(name=cfg["model"]), num_classes, {}, HeadConfig())
+    load_into(net, state, what)
+    mean, std = _dataset_stats(cfg["data"], what)
+    return Pretrained(net, mean, std, num_classes, None)

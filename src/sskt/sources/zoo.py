@@ -1,0 +1,87 @@
+"""ImageNet classifiers as sources: every torchvision classifier (``<arch>.imagenet``) and timm (``timm:<name>``).
+
+torchvision sources take their DEFAULT weights' URL, mean/std and crop size from the weights API; the architecture is
+built without weights and the state dict loaded with ``weights_only=True`` (from the download, or from a local file
+or URL given as the source's ``weights``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from functools import partial
+from typing import Any
+
+import torchvision
+
+from sskt.errors import UserError, choice_error
+from sskt.sources.base import SOURCES, Pretrained
+from sskt.sources.weights import load_into, load_state_file, load_weights
+
+# Shown by name in `sskt list sources`; every other torchvision classifier works as '<arch>.imagenet' too.
+LISTED_TORCHVISION = ("resnet18", "resnet34", "resnet50", "vgg16")
+
+
+def torchvision_archs() -> list[str]:
+    """Names of torchvision's ImageNet classifiers (detection, segmentation and video models excluded)."""
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def _builder_kwargs(arch: str, weights: Any) -> dict[str, Any]:
+    """What torchvision's builders set when they load pretrained weights, so the state dict fits."""
+    kwargs: dict[str, Any] = {"num_classes": len(weights.meta["categories"])}
+    if arch in ("googlenet", "inception_v3"):
+        # Their ported weights expect the builder's internal re-normalisation and come with the aux classifiers.
+        kwargs.update(transform_input=True, aux_logits=True, init_weights=False)
+    if arch.startswith("vit_"):
+        kwargs["image_size"] = weights.meta["min_size"][0]  # vit_h_14's SWAG weights run at 518 px
+    return kwargs
+
+
+@SOURCES.register_suffix(".imagenet", label="<torchvision arch>")
+def torchvision_source(arch: str, weights: str | None = None) -> Pretrained:
+    """torchvision ``arch`` with its DEFAULT ImageNet weights (or ``weights``: a local file or URL)."""
+    archs = torchvision_archs()
+    if arch not in archs:
+        raise choice_error("torchvision ImageNet architecture", arch, archs)
+    default = torchvision.models.get_model_weights(arch).DEFAULT
+    net = torchvision.models.get_model(arch, weights=None, **_builder_kwargs(arch, default))
+    what = f"source '{arch}.imagenet'"
+    load_into(net, load_weights(weights, default.url, what), what)
+    tf = default.transforms()
+    return Pretrained(net, tuple(tf.mean), tuple(tf.std), len(default.meta["categories"]), tf.crop_size[0])
+
+
+for _arch in LISTED_TORCHVISION:
+    SOURCES.register(f"{_arch}.imagenet")(partial(torchvision_source, _arch))
+
+
+def _import_timm() -> Any:
+    try:
+        import timm
+    except ImportError as exc:
+        raise UserError("timm sources need timm: pip install sskt[timm]") from exc
+    return timm
+
+
+@SOURCES.register_prefix("timm:")
+def timm_source(name: str, weights: str | None = None) -> Pretrained:
+    """timm model ``name`` with its pretrained weights (timm's download) or a local weights file; mean, std and size
+    come from timm's data config for the model."""
+    timm = _import_timm()
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5)
+        raise UserError(f"unknown timm model {name!r}; valid choices: timm.list_models() (closest: {', '.join(close)})")
+    what = f"source 'timm:{name}'"
+    if weights is not None and not weights.startswith(("http://", "https://")):
+        net = load_into(timm.create_model(name, pretrained=False), load_state_file(weights, what), what)
+    else:
+        overlay = {"url": weights} if weights else None
+        try:
+            net = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
+        except Exception as exc:  # offline hub, missing weights: several error types
+            raise UserError(
+                f"could not fetch the pretrained weights of {what} ({type(exc).__name__}); without network, pass a "
+                "local weights file as the source's weights=<path>"
+            ) from exc
+    data = timm.data.resolve_model_data_config(net)
+    return Pretrained(net, tuple(data["mean"]), tuple(data["std"]), net.num_classes, data["input_size"][-1])
