@@ -112,6 +112,12 @@ def report_command(argv: list[str]) -> int:
     return report_main(argv)
 
 
+def cache_command(argv: list[str]) -> int:
+    from sskt.engine.soft_cache import cache_main
+
+    return cache_main(argv)
+
+
 COMMANDS: dict[str, Command] = {
     "train": train_command,
     "evaluate": evaluate_command,
@@ -119,6 +125,7 @@ COMMANDS: dict[str, Command] = {
     "curves": curves_command,
     "grid": grid_command,
     "report": report_command,
+    "cache": cache_command,
 }
 
 

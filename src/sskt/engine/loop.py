@@ -51,6 +51,10 @@ def train(cfg: TrainConfig) -> dict:
     seed_everything(cfg.seed)
     spec = build_dataset(cfg.data)
     stream = TrainStream(spec, cfg, device=fabric.device)
+    if cfg.cache.enabled:  # replay stored views and their cached source logits (built first when allowed)
+        from sskt.engine.soft_cache import attach_cache
+
+        attach_cache(cfg, spec, stream, fabric)
     method = METHODS.create(cfg.method.name, ctx=MethodContext(cfg, spec, len(stream)))
     method.setup(fabric)
     test = TestBatches(spec, cfg.data.eval_batch_size, fabric.device, cfg.data.num_workers)

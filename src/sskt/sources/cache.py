@@ -1,0 +1,204 @@
+"""The exact soft-label cache (in the spirit of FKD, Shen and Xing, "A Fast Knowledge Distillation Framework for
+Visual Recognition", ECCV 2022): per training image, K augmented views, each stored as its exact augmentation
+parameters plus every source's logits for that view.
+
+Training replays stored views (``SoftLabelCache.lookup`` picks one of the K per sample), so the target sees exactly
+the image the source saw; a soft label is never keyed by sample index alone. The folder name holds a digest of the
+key, and ``cache.json`` holds the key itself: everything that made the logits (each source's ``fingerprint()``,
+dataset, split, labelled subset, unlabelled pool, augmentation, K, top-k, dtype). A mismatch is never reused.
+
+Layout of ``<dir>/<dataset>-<digest>/`` (numpy ``.npy`` files, opened memory-mapped so a cache larger than RAM
+works; pools are index spaces such as 'train' or 'stl10:unlabeled', sources are numbered in key order)::
+
+    cache.json                      key, pools, sources, views, topk, dtype
+    p<i>.index.npy   int64 [N]      sorted dataset indices of pool i
+    p<i>.params.npy  int64 [N,K,P]  Augment.sample parameters of each view
+    p<i>.s<j>.logits.npy  [N,K,C']  source j's logits (C' = C, or k with top-k), in the stored dtype
+    p<i>.s<j>.classes.npy int32 [N,K,k]  top-k class indices (top-k only)
+    p<i>.s<j>.rest.npy    [N,K]     top-k only: log of the mass left outside the top k, per remaining class
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sskt.config import CacheConfig
+from sskt.errors import UserError, check_choice
+
+FORMAT = 1
+"""Bumped whenever the stored layout or the meaning of a stored number changes."""
+DTYPES = {"float16": np.float16, "float32": np.float32}
+HEADER = "cache.json"
+
+
+def canonical_json(obj: object) -> str:
+    """Key order and spacing fixed, so equal keys give equal digests."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def key_digest(key: dict) -> str:
+    """sha256 (hex) of the canonical JSON of ``key``."""
+    return hashlib.sha256(canonical_json(key).encode()).hexdigest()
+
+
+def indices_digest(indices: Tensor) -> str:
+    """sha256 (hex) of int64 indices, for the labelled subset and the unlabelled pool in the key."""
+    return hashlib.sha256(indices.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()
+
+
+def cache_root(cfg: CacheConfig) -> Path:
+    """``cache.dir``, else $SSKT_CACHE, else ~/.cache/sskt."""
+    root = cfg.dir or os.environ.get("SSKT_CACHE") or Path.home() / ".cache" / "sskt"
+    return Path(root).expanduser()
+
+
+def cache_path(cfg: CacheConfig, key: dict) -> Path:
+    """The folder of the cache for ``key``: ``<root>/<dataset>-<first 16 hex of the key digest>``."""
+    return cache_root(cfg) / f"{key['dataset']['name']}-{key_digest(key)[:16]}"
+
+
+def check_cache_config(cfg: CacheConfig, dtype: str) -> None:
+    """Raise a one-line UserError on K < 1, top-k < 1 or an unknown dtype."""
+    if cfg.views < 1:
+        raise UserError(f"cache.views must be at least 1, got {cfg.views}")
+    if cfg.topk is not None and cfg.topk < 1:
+        raise UserError(f"cache.topk must be at least 1 or null, got {cfg.topk}")
+    check_choice("cache dtype", dtype, DTYPES)
+
+
+def stored_topk(topk: int | None, num_classes: int) -> int | None:
+    """The k actually stored for a source: None (all classes) when top-k is off or covers every class."""
+    return None if topk is None or topk >= num_classes else topk
+
+
+def write_json_atomic(path: Path, obj: object) -> None:
+    """Write then rename, so a reader (or a resumed build) never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(file: Path) -> dict | None:
+    """The JSON object in ``file``; None when it is missing or unreadable (a build killed before writing it)."""
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_header(path: Path) -> dict | None:
+    """The header of the cache folder ``path``; None when it is missing or unreadable."""
+    return read_json(path / HEADER)
+
+
+def expand_topk(values: Tensor, classes: Tensor, rest: Tensor, num_classes: int) -> Tensor:
+    """Dense logits [n, C] from top-k logits [n, k], their classes int [n, k] and the per-class rest logit [n]:
+    each of the C - k remaining classes gets ``rest`` (their total mass spread evenly), so softmax of the result
+    gives the exact top-k probabilities and the exact remaining mass."""
+    out = rest.float().unsqueeze(1).expand(-1, num_classes).clone()
+    return out.scatter_(1, classes.long(), values.float())
+
+
+@dataclass
+class StoredPool:
+    """One index space's memory-mapped arrays."""
+
+    index: Tensor
+    """Sorted int64 [N] dataset indices."""
+    params: np.ndarray
+    logits: dict[str, np.ndarray]
+    classes: dict[str, np.ndarray]
+    rest: dict[str, np.ndarray]
+
+
+class SoftLabelCache:
+    """A complete cache folder opened read-only and memory-mapped; the stream's ``ViewProvider``."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        header = read_header(self.path)
+        if header is None or not header.get("complete"):
+            raise UserError(f"no complete soft-label cache at {str(self.path)!r}; build it with 'sskt cache build'")
+        self.header, self.key = header, header["key"]
+        self.views: int = header["views"]
+        self.num_classes: dict[str, int] = {s["key"]: s["classes"] for s in header["sources"]}
+        self.pools = {name: self._open_pool(meta) for name, meta in header["pools"].items()}
+
+    def _open_pool(self, meta: dict) -> StoredPool:
+        def mm(suffix: str) -> np.ndarray:
+            return np.load(self.path / f"{meta['file']}.{suffix}.npy", mmap_mode="r")
+
+        logits, classes, rest = {}, {}, {}
+        for j, src in enumerate(self.header["sources"]):
+            logits[src["key"]] = mm(f"s{j}.logits")
+            if src["topk"] is not None:
+                classes[src["key"]], rest[src["key"]] = mm(f"s{j}.classes"), mm(f"s{j}.rest")
+        index = torch.from_numpy(np.array(mm("index")))
+        return StoredPool(index, mm("params"), logits, classes, rest)
+
+    def rows(self, indices: Tensor, split: str = "train") -> tuple[StoredPool, np.ndarray]:
+        """The pool of ``split`` and the row of each dataset index int64 [n] in it; indices never cached: UserError."""
+        pool = self.pools.get(split)
+        if pool is None:
+            raise UserError(f"soft-label cache {self.path.name} holds no pool {split!r}; it has {sorted(self.pools)}")
+        idx = indices.detach().to("cpu", torch.int64)
+        rows = torch.searchsorted(pool.index, idx).clamp_(max=len(pool.index) - 1)
+        missing = pool.index[rows] != idx
+        if bool(missing.any()):
+            raise UserError(f"dataset index {int(idx[missing][0])} of {split!r} is not in cache {self.path.name}")
+        return pool, rows.numpy()
+
+    def read(self, indices: Tensor, views: Tensor, split: str = "train") -> tuple[Tensor, dict[str, Tensor]]:
+        """Stored view ``views[i]`` (int64 [n]) of each dataset index: params int64 [n, P] and logits [n, C_m]
+        per source (the stored dtype; top-k caches expand to float32)."""
+        pool, r = self.rows(indices, split)
+        v = views.to("cpu", torch.int64).numpy()
+        params = torch.from_numpy(np.ascontiguousarray(pool.params[r, v]))
+        soft = {}
+        for key, arr in pool.logits.items():
+            values = torch.from_numpy(np.ascontiguousarray(arr[r, v]))
+            if key in pool.classes:
+                classes = torch.from_numpy(np.ascontiguousarray(pool.classes[key][r, v]))
+                rest = torch.from_numpy(np.ascontiguousarray(pool.rest[key][r, v]))
+                values = expand_topk(values, classes, rest, self.num_classes[key])
+            soft[key] = values
+        return params, soft
+
+    def lookup(
+        self, indices: Tensor, generator: torch.Generator, split: str = "train"
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """One of the K stored views per index (int64 [n]), chosen with ``generator`` (the stream seeds it per
+        epoch): its params int64 [n, P] and cached logits [n, C_m] per source key."""
+        views = torch.randint(self.views, (len(indices),), generator=generator)
+        return self.read(indices, views, split)
+
+    def nbytes(self) -> int:
+        """Bytes on disk of every stored array."""
+        return sum(f.stat().st_size for f in self.path.glob("*.npy"))
+
+
+def describe_key_change(old: object, new: object, prefix: str = "") -> str:
+    """The first differing key path between two cache keys (for 'stale cache' messages)."""
+
+    def items(x: object) -> dict:
+        return dict(enumerate(x)) if isinstance(x, list) else x if isinstance(x, dict) else {}
+
+    old, new = items(old), items(new)
+    for name in sorted(set(old) | set(new), key=str):
+        a, b = old.get(name), new.get(name)
+        if a != b:
+            if isinstance(a, (dict, list)) and isinstance(b, (dict, list)):
+                return describe_key_change(a, b, f"{prefix}{name}.")
+            return f"{prefix}{name}"
+    return "(none)"

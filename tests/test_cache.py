@@ -1,0 +1,207 @@
+"""The exact soft-label cache: hits equal a fresh source forward on the stored view, every key component
+invalidates, an interrupted build resumes to identical content, and training replays the cache end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sskt.config import TrainConfig
+from sskt.data import DatasetSpec, TensorImageSet, TrainStream
+from sskt.errors import UserError
+from sskt.sources import SOURCES, Pretrained, Source
+from sskt.sources.cache import SoftLabelCache, expand_topk
+from sskt.sources.cache_build import build_cache, cache_key, open_cache, plan_for
+
+TINY = "tinycache"
+
+
+def tiny_net(seed: int = 0, classes: int = 7) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        nn.Linear(16, classes),
+    )  # fmt: skip
+
+
+if TINY not in SOURCES:
+
+    @SOURCES.register(TINY)
+    def _tiny(weights: str | None = None) -> Pretrained:
+        """A 7-class conv net with fixed random weights: a source that costs nothing."""
+        return Pretrained(tiny_net(), (0.4, 0.4, 0.4), (0.2, 0.3, 0.25), 7)
+
+
+def toy_spec(name: str = "toy", n_per_class: int = 6) -> DatasetSpec:
+    g = torch.Generator().manual_seed(5)
+    labels = torch.arange(3).repeat_interleave(n_per_class)
+    images = torch.randint(0, 256, (len(labels), 1, 8, 8), dtype=torch.uint8, generator=g)
+    train = TensorImageSet(images, labels)
+    return DatasetSpec(name, train, TensorImageSet(images[:6], labels[:6]), 3, (0.5,) * 3, (0.25,) * 3, 8)
+
+
+def tiny_source(spec: DatasetSpec, seed: int = 0, input_size: int | None = 12, bn_mode: str = "eval") -> Source:
+    return Source(tiny_net(seed), name=TINY, num_classes=7, mean=(0.4,) * 3, std=(0.2,) * 3,
+                  target_mean=spec.mean, target_std=spec.std, input_size=input_size, bn_mode=bn_mode)  # fmt: skip
+
+
+def cache_cfg(tmp_path: Path, **cache) -> TrainConfig:
+    cfg = TrainConfig(seed=1, progress=False)
+    cfg.data.labels_per_class, cfg.data.batch_size = 4, 5
+    cfg.cache.dir, cfg.cache.views = str(tmp_path / "cache"), 3
+    for k, v in cache.items():
+        setattr(cfg.cache, k, v)
+    return cfg
+
+
+def opened(cfg: TrainConfig, spec: DatasetSpec, src: Source, **kw) -> SoftLabelCache:
+    return open_cache(cfg, spec, TrainStream(spec, cfg), {TINY: src}, show_progress=False, **kw)
+
+
+def fresh(spec: DatasetSpec, stream: TrainStream, src: Source, idx: torch.Tensor, params: torch.Tensor):
+    """The source's logits on the view that ``params`` describe, recomputed from the raw images."""
+    x = stream.normalize(stream.augment.apply(spec.train.images[idx], params))
+    return src(x)
+
+
+def test_cache_hit_is_bit_identical_to_a_fresh_forward_on_the_stored_view(tmp_path: Path) -> None:
+    spec, cfg = toy_spec(), cache_cfg(tmp_path)
+    src, stream = tiny_source(spec), TrainStream(spec, cfg)
+    cache = opened(cfg, spec, src)
+    idx = stream.labeled_indices
+    for view in range(cfg.cache.views):
+        params, soft = cache.read(idx, torch.full((len(idx),), view))
+        assert soft[TINY].dtype == torch.float16
+        assert torch.equal(soft[TINY], fresh(spec, stream, src, idx, params).half())
+    all_params = cache.read(idx.repeat(3), torch.arange(3).repeat_interleave(len(idx)))[0]
+    assert len({tuple(p) for p in all_params.tolist()}) > len(idx)  # the K views differ
+
+
+def test_topk_keeps_exact_topk_probabilities_and_the_remaining_mass(tmp_path: Path) -> None:
+    spec, cfg = toy_spec(), cache_cfg(tmp_path, topk=3, views=2)
+    src, stream = tiny_source(spec), TrainStream(spec, cfg)
+    cache = opened(cfg, spec, src)
+    idx = stream.labeled_indices
+    params, soft = cache.read(idx, torch.zeros(len(idx), dtype=torch.long))
+    p_true = fresh(spec, stream, src, idx, params).softmax(1)
+    p_cached = soft[TINY].softmax(1)
+    top_true, classes = p_true.topk(3, dim=1)
+    assert torch.allclose(p_cached.gather(1, classes), top_true, atol=2e-3)
+    assert torch.allclose(p_cached.sum(1), torch.ones(len(idx)), atol=1e-5)
+    dense = expand_topk(torch.tensor([[2.0]]), torch.tensor([[1]]), torch.tensor([0.5]), 3)
+    assert dense.tolist() == [[0.5, 2.0, 0.5]]
+
+
+def changed(tmp_path: Path, what: str) -> tuple[TrainConfig, DatasetSpec, Source]:
+    """A configuration, dataset and source that differ from the base in exactly ``what``."""
+    cfg, spec = cache_cfg(tmp_path), toy_spec()
+    src = tiny_source(spec)
+    if what == "weights":
+        src = tiny_source(spec, seed=1)
+    elif what == "input_size":
+        src = tiny_source(spec, input_size=16)
+    elif what == "bn_mode":
+        src = tiny_source(spec, bn_mode="train")
+    elif what == "dataset":
+        spec = toy_spec("toy2")
+        src = tiny_source(spec)
+    elif what == "subset_seed":
+        cfg.data.subset_seed = 7
+    elif what == "labels_per_class":
+        cfg.data.labels_per_class = 3
+    elif what == "augment":
+        cfg.data.augment = "none"
+    elif what == "views":
+        cfg.cache.views = 4
+    elif what == "topk":
+        cfg.cache.topk = 2
+    elif what == "unlabeled":
+        cfg.data.unlabeled, cfg.data.unlabeled_ratio = "rest", 1
+    return cfg, spec, src
+
+
+KEY_PARTS = ["weights", "input_size", "bn_mode", "dataset", "subset_seed", "labels_per_class", "augment", "views",
+             "topk", "unlabeled"]  # fmt: skip
+
+
+@pytest.mark.parametrize("what", KEY_PARTS)
+def test_changing_any_key_component_never_reuses_old_logits(tmp_path: Path, what: str) -> None:
+    cfg, spec, src = changed(tmp_path, what)
+    base_cfg, base_spec, base_src = changed(tmp_path, "nothing")
+    opened(base_cfg, base_spec, base_src)
+    base_key = cache_key(base_cfg, base_spec, TrainStream(base_spec, base_cfg), {TINY: base_src})
+    key = cache_key(cfg, spec, TrainStream(spec, cfg), {TINY: src})
+    assert key != base_key
+    with pytest.raises(UserError):  # building not allowed: a clear error, never the base cache
+        opened(cfg, spec, src, build=False)
+    if what != "bn_mode":
+        assert opened(cfg, spec, src).path != opened(base_cfg, base_spec, base_src).path
+
+
+def test_batch_statistics_sources_are_refused_with_a_reason(tmp_path: Path) -> None:
+    spec = toy_spec()
+    with pytest.raises(UserError, match="bn_mode='train'"):
+        opened(cache_cfg(tmp_path), spec, tiny_source(spec, bn_mode="train"))
+
+
+def test_missing_cache_without_build_names_what_differs(tmp_path: Path) -> None:
+    spec = toy_spec()
+    opened(cache_cfg(tmp_path), spec, tiny_source(spec))
+    with pytest.raises(UserError, match="views"):
+        opened(cache_cfg(tmp_path, views=5), spec, tiny_source(spec), build=False)
+
+
+def arrays(path: Path) -> dict[str, np.ndarray]:
+    return {f.name: np.load(f) for f in sorted(path.glob("*.npy"))}
+
+
+def test_killed_build_resumes_to_identical_content(tmp_path: Path) -> None:
+    spec = toy_spec()
+    cfg_a, cfg_b = cache_cfg(tmp_path / "a"), cache_cfg(tmp_path / "b")
+    cfg_a.data.unlabeled = cfg_b.data.unlabeled = "rest"
+    cfg_a.data.unlabeled_ratio = cfg_b.data.unlabeled_ratio = 1
+    plan_a = plan_for(cfg_a, spec, TrainStream(spec, cfg_a), {TINY: tiny_source(spec)})
+    build_cache(plan_a, chunk=4, show_progress=False)
+
+    def kill(done: int, total: int) -> None:
+        raise KeyboardInterrupt(f"killed after {done}/{total}")
+
+    plan_b = plan_for(cfg_b, spec, TrainStream(spec, cfg_b), {TINY: tiny_source(spec)})
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(plan_b, chunk=4, on_chunk=kill, show_progress=False)
+    partial = plan_b.path.with_name(plan_b.path.name + ".partial")
+    assert not plan_b.path.exists() and json.loads((partial / "progress.json").read_text())["done"] == 4
+    seen = []
+    build_cache(plan_b, chunk=4, on_chunk=lambda d, t: seen.append(d), show_progress=False)
+    assert seen[0] == 8 and seen[-1] == len(spec.train)  # resumed after the first chunk
+    a, b = arrays(plan_a.path), arrays(plan_b.path)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_stream_replays_stored_views_and_their_logits(tmp_path: Path) -> None:
+    spec, cfg = toy_spec(), cache_cfg(tmp_path)
+    src, stream = tiny_source(spec), TrainStream(spec, cfg)
+    stream.set_view_provider(opened(cfg, spec, src))
+    for batch in stream.epoch(0):
+        assert torch.equal(batch.soft[TINY], src(batch.images).half())  # the target sees what the source saw
+
+
+def test_training_with_the_cache_runs_end_to_end(tiny_cfg: TrainConfig, tmp_path: Path) -> None:
+    from sskt.config import SourceConfig
+    from sskt.engine import train
+
+    cfg = tiny_cfg
+    cfg.epochs, cfg.method.name, cfg.sources = 1, "sskt", [SourceConfig(name=TINY)]
+    cfg.data.labels_per_class = 5
+    cfg.cache.enabled, cfg.cache.views, cfg.cache.dir = True, 2, str(tmp_path / "cache")
+    summary = train(cfg)
+    assert 0 <= summary["final"]["test_acc"] <= 100
+    assert len(list((tmp_path / "cache").glob("fashion_mnist-*"))) == 1
+    cfg.out, cfg.cache.build, cfg.cache.views = str(tmp_path / "run2"), False, 3
+    with pytest.raises(UserError, match="cache build"):
+        train(cfg)
