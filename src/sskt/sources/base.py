@@ -43,10 +43,9 @@ SOURCES: Registry[Pretrained] = Registry("source")
 
 
 def _affine(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor]:
-    """[1, 3, 1, 1] mean and std tensors."""
-    return torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), torch.tensor(std, dtype=torch.float32).view(
-        1, -1, 1, 1
-    )
+    """[1, C, 1, 1] mean and std tensors."""
+    m, s = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in (mean, std))
+    return m, s
 
 
 def resize(x: Tensor, size: int | None, factor: float | None) -> Tensor:
