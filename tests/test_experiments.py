@@ -125,11 +125,14 @@ def test_finished_cells_are_skipped_and_checkpointed_ones_resume(tmp_path: Path)
     (out / "scratch-alpha0.5-seed0" / "summary.json").write_text("{}")
     (out / "scratch-alpha1-seed3" / "checkpoints").mkdir(parents=True)
     (out / "scratch-alpha1-seed3" / "checkpoints" / "last.pt").write_bytes(b"")
+    (out / "sskt_tm-alpha1-seed0").mkdir(parents=True)  # killed after its first record, before any checkpoint
+    (out / "sskt_tm-alpha1-seed0" / "records.jsonl").write_text('{"epoch": 1}\n')
     runner = FakeRunner()
     result = run_grid(grid, out, jobs=2, runner=runner)
     assert result.skipped == ["scratch-alpha0.5-seed0"] and not result.failed
     assert len(runner.calls) == 7 and "scratch-alpha0.5-seed0" not in runner.calls
     assert runner.calls["scratch-alpha1-seed3"][-2:] == ["--resume", "true"]
+    assert runner.calls["sskt_tm-alpha1-seed0"][-2:] == ["--resume", "true"]
     assert "--resume" not in runner.calls["scratch-alpha1-seed0"]
     again = FakeRunner()
     assert len(run_grid(grid, out, runner=again).skipped) == 8 and not again.calls  # a rerun redoes nothing

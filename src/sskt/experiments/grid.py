@@ -259,10 +259,14 @@ def train_argv(cell: Cell, cell_dir: Path, threads: int | None = None, resume: b
 
 
 def cell_state(cell_dir: Path) -> str:
-    """'done' (summary.json exists), 'resume' (a checkpoint exists) or 'new'."""
+    """'done' (summary.json exists), 'resume' (a checkpoint or records exist: the run was interrupted) or 'new'.
+
+    A run killed after writing an epoch's record but before its first checkpoint also resumes: ``sskt train``
+    refuses to overwrite records unless resuming, and a resume without a checkpoint starts from epoch 0."""
     if (cell_dir / "summary.json").is_file():
         return "done"
-    if (cell_dir / "checkpoints" / "last.pt").is_file():
+    records = cell_dir / "records.jsonl"
+    if (cell_dir / "checkpoints" / "last.pt").is_file() or (records.is_file() and records.stat().st_size > 0):
         return "resume"
     return "new"
 
@@ -310,19 +314,26 @@ def run_grid(
             todo.append((cell, train_argv(cell, root / cell.name, threads, resume=state == "resume")))
     console.print(f"grid: {len(todo)} cells to run, {len(result.skipped)} already done, {jobs} at a time -> {root}")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, TimeRemainingColumn(), console=console) as progress, ThreadPoolExecutor(jobs) as pool:
-        task = progress.add_task("cells", total=len(todo))
-        futures = {pool.submit(runner, argv, root / cell.name, threads): cell for cell, argv in todo}
-        for fut in as_completed(futures):
-            cell = futures[fut]
-            code = _exit_code(fut)
-            if code == 0:
-                result.finished.append(cell.name)
-            else:
-                result.failed[cell.name] = code
-                progress.console.print(f"[red]cell {cell.name} failed (exit {code}); log: {root / cell.name}/grid.log")
-            progress.advance(task)
+    pool = ThreadPoolExecutor(jobs)
+    try:
+        with Progress(*columns, TimeRemainingColumn(), console=console) as progress:
+            task = progress.add_task("cells", total=len(todo))
+            futures = {pool.submit(runner, argv, root / cell.name, threads): cell for cell, argv in todo}
+            for fut in as_completed(futures):
+                _record(result, futures[fut], _exit_code(fut), root, progress.console)
+                progress.advance(task)
+    finally:
+        # On Ctrl-C the running cells get the signal too (same process group); start no new ones.
+        pool.shutdown(wait=True, cancel_futures=True)
     return result
+
+
+def _record(result: GridResult, cell: Cell, code: int, root: Path, console: Console) -> None:
+    if code == 0:
+        result.finished.append(cell.name)
+    else:
+        result.failed[cell.name] = code
+        console.print(f"[red]cell {cell.name} failed (exit {code}); log: {root / cell.name / 'grid.log'}")
 
 
 def _exit_code(fut: Any) -> int:

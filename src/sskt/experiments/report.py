@@ -311,7 +311,8 @@ def write_plots(groups: Sequence[Group], rows: Sequence[Row], metric: str, out: 
     from sskt.experiments.plots import bar_chart, learning_curves
 
     paths = []
-    axes = list(dict.fromkeys(a for g in groups for a in g.levels))
+    # an axis with a single value has nothing to compare
+    axes = [a for a in dict.fromkeys(a for g in groups for a in g.levels) if len({g.levels.get(a) for g in groups}) > 1]
     for axis in axes:
         bars: dict[str, dict[str, Summary]] = {}
         for r in rows:
@@ -362,7 +363,7 @@ def _markdown(
     root: Path, runs: list[Run], unfinished: list[Path], rows: list[Row], metric: str, pictures: list[Path]
 ) -> str:
     lines = [f"# Report: {root}", ""]
-    lines.append(f"{len(runs)} finished runs in {len(rows)} groups (runs that differ only in seed).")
+    lines.append(f"{len(runs)} finished runs in {len(rows)} group(s) (runs that differ only in seed).")
     if unfinished:
         lines.append(f"{len(unfinished)} unfinished run directories ignored: {', '.join(p.name for p in unfinished)}")
     lines += ["", _INTRO.format(metric=metric), "", markdown_table(rows, metric), ""]
