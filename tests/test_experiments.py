@@ -249,6 +249,10 @@ def test_report_files_from_fabricated_runs(tmp_path: Path) -> None:
     assert all(f"({p})" in text for p in pngs)
 
 
-def test_report_without_runs_is_a_user_error(tmp_path: Path) -> None:
+def test_report_without_runs_or_with_a_bad_metric_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no finished runs"):
         write_report(tmp_path)
+    _fabricate(tmp_path, "scratch", 0, 80.0)
+    with pytest.raises(UserError, match="test_acc, test_loss"):
+        write_report(tmp_path, metric="test_ac", plots=False)
+    assert "final test_loss" in write_report(tmp_path, metric="test_loss", plots=False).read_text()

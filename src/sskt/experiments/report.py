@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from sskt.errors import UserError
+from sskt.errors import UserError, choice_error
 from sskt.experiments.stats import PairedDiff, Summary, paired_diff, summarize
 
 # Keys that change where or how fast a run goes, not what it computes: runs differing only in these (and the seed)
@@ -324,9 +324,11 @@ def write_plots(groups: Sequence[Group], rows: Sequence[Row], metric: str, out: 
     return paths
 
 
-def write_report(runs_dir: str | Path, out: str | Path | None = None, plots: bool = True) -> Path:
+def write_report(
+    runs_dir: str | Path, out: str | Path | None = None, plots: bool = True, metric: str | None = None
+) -> Path:
     """Read every finished run under ``runs_dir`` and write ``report.md``, ``report.csv`` and plots to ``out``
-    (default: ``runs_dir``). Returns the path of ``report.md``."""
+    (default: ``runs_dir``); ``metric`` overrides the headline metric. Returns the path of ``report.md``."""
     import csv
 
     root = Path(runs_dir)
@@ -338,7 +340,9 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, plots: boo
     dest = Path(out) if out else root
     dest.mkdir(parents=True, exist_ok=True)
     groups = group_runs(runs)
-    metric = headline_metric(runs)
+    metric = metric or headline_metric(runs)
+    if metric not in metric_names(runs):
+        raise choice_error("metric", metric, metric_names(runs))
     rows = build_rows(groups, metric)
     table = csv_rows(rows)
     fields = list(dict.fromkeys(k for row in table for k in row))
@@ -380,12 +384,13 @@ def _markdown(
 
 
 def report_main(argv: list[str] | None = None) -> int:
-    """``sskt report RUNS_DIR [--out DIR] [--no-plots]``."""
+    """``sskt report RUNS_DIR [--out DIR] [--metric NAME] [--no-plots]``."""
     parser = argparse.ArgumentParser(prog="sskt report", description="Tables and plots from run directories.")
     parser.add_argument("runs_dir", help="folder holding run directories (any depth)")
     parser.add_argument("--out", default=None, help="where report.md, report.csv and plots go (default: RUNS_DIR)")
+    parser.add_argument("--metric", default=None, help="headline metric (default: test_acc, else test AP/mAP)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     args = parser.parse_args(argv)
-    path = write_report(args.runs_dir, args.out, plots=not args.no_plots)
+    path = write_report(args.runs_dir, args.out, plots=not args.no_plots, metric=args.metric)
     print(path)
     return 0
