@@ -57,6 +57,8 @@ class DML(Method):
             raise UserError("method.dml.peers is empty; DML needs at least one peer besides the target (e.g. resnet56)")
         classes = ctx.spec.num_classes
         self.names = ["target"] + [f"peer{i}" for i in range(1, len(self.cfg.method.dml.peers) + 1)]
+        # Seed right before building so the target starts from the same weights as scratch with the same seed.
+        torch.manual_seed(self.cfg.seed)
         nets = [build_target(self.cfg.model, classes, {}, self.cfg.head)]
         for arch in self.cfg.method.dml.peers:
             nets.append(

@@ -137,7 +137,9 @@ class MAXL(Method):
             raise UserError(f"method.maxl.psi must be >= 1, got {self.mcfg.psi}")
         classes = ctx.spec.num_classes
         width = self.mcfg.psi * classes
-        self.net = build_target(self.cfg.model, classes, {AUX_HEAD: width}, HeadConfig(kind="linear"))
+        torch.manual_seed(self.cfg.seed)  # the backbone starts as scratch's does with the same seed
+        self.aux_classes = {AUX_HEAD: width}  # recorded with the weights, so `sskt evaluate` rebuilds the same net
+        self.net = build_target(self.cfg.model, classes, self.aux_classes, self.cfg.head)  # paper: linear
         gen_model = ModelConfig(name=self.mcfg.generator or self.cfg.model.name, pretrained=self.cfg.model.pretrained)
         self.gen = build_target(gen_model, width, {}, HeadConfig())
 

@@ -1,0 +1,77 @@
+"""KD: knowledge distillation (Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network", 2015).
+
+A teacher with the target's label space, trained by a run of its own (``sskt train`` with ``method.name=scratch``,
+e.g. ``efficientnet_lite0`` fine-tuned from ImageNet), is loaded by path as the source ``checkpoint:<run dir>``: it is
+frozen and re-normalised/resized from the target's batch like every source. The target minimises
+
+    L = (1 - lam) CE(z, y) + lam * T^2 * KL(softmax(t / T) || softmax(z / T))       (KL averaged per sample)
+
+``kd.legacy`` swaps the KL for the released SSKT code's elementwise mean (``kd_legacy``, C times weaker).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sskt.config import SourceConfig
+from sskt.data.spec import Batch
+from sskt.errors import UserError
+from sskt.methods import METHODS
+from sskt.methods.base import MethodContext, SingleNetMethod
+
+
+def kd_objective(
+    logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float, lam: float, legacy: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(1 - lam) CE(z, y) + lam * KD(z, t; T)`` and its two terms ``(loss, ce, kd)``.
+
+    ``logits`` [B, C] student, ``teacher_logits`` [B, C] (no gradient needed), ``labels`` int64 [B]. ``KD`` is
+    ``T^2 KL(softmax(t/T) || softmax(z/T))`` batchmean, or the released code's elementwise mean when ``legacy``.
+    """
+    from sskt import losses
+
+    ce = F.cross_entropy(logits, labels)
+    distill = (losses.kd_legacy if legacy else losses.kd)(logits, teacher_logits.detach(), temperature)
+    return (1 - lam) * ce + lam * distill, ce, distill
+
+
+@METHODS.register("kd")
+class KD(SingleNetMethod):
+    """The target distilled from a frozen teacher run (``method.kd.teacher: checkpoint:<run dir>``)."""
+
+    def __init__(self, ctx: MethodContext) -> None:
+        super().__init__(ctx)
+        from sskt.models import build_target
+        from sskt.sources import build_source
+
+        kd = self.cfg.method.kd
+        if ctx.spec.task != "single_label":
+            raise UserError(f"method 'kd' needs a single-label dataset; {ctx.spec.name!r} is {ctx.spec.task!r}")
+        if not kd.teacher:
+            raise UserError("method 'kd' needs a teacher; set method.kd.teacher: checkpoint:<teacher run dir>")
+        teacher_cfg = SourceConfig(name=kd.teacher, input_size=kd.teacher_input_size)
+        self.teacher = build_source(teacher_cfg, ctx.spec.mean, ctx.spec.std)
+        if self.teacher.num_classes != ctx.spec.num_classes:
+            raise UserError(
+                f"KD teacher {kd.teacher!r} predicts {self.teacher.num_classes} classes; "
+                f"dataset {ctx.spec.name!r} has {ctx.spec.num_classes}"
+            )
+        # Seed right before building so the target starts from the same weights as scratch with the same seed.
+        torch.manual_seed(self.cfg.seed)
+        self.net = build_target(self.cfg.model, ctx.spec.num_classes, {}, self.cfg.head)
+
+    def setup(self, fabric) -> None:
+        super().setup(fabric)
+        # The teacher is frozen: on the device, outside Fabric's wrapping, never in an optimizer.
+        self.teacher = self.teacher.to(fabric.device)
+
+    def compute_loss(self, batch: Batch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        kd = self.cfg.method.kd
+        images = batch.labeled_images
+        with torch.no_grad(), self.fabric.autocast():
+            teacher_logits = self.teacher(images).float()
+        logits = self.net(images).logits
+        loss, ce, distill = kd_objective(logits, teacher_logits, batch.labels, kd.temperature, kd.lam, kd.legacy)
+        return loss, logits, {"ce_loss": ce.detach(), "kd_loss": distill.detach()}

@@ -1,0 +1,239 @@
+"""The baselines SSKT is compared with: KD (loss, teacher run consumed by path), DML (alternating peers) and MAXL
+(meta step through the method), each trained end to end through the engine on a small Fashion-MNIST."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from lightning_fabric import Fabric
+from torch import Tensor, nn
+
+from sskt.config import TrainConfig
+from sskt.data.datasets import TensorImageSet
+from sskt.data.spec import Batch, DatasetSpec
+from sskt.errors import UserError
+from sskt.methods import METHODS, MethodContext
+from sskt.methods import dml as dml_module
+from sskt.methods.kd import kd_objective
+from sskt.models import MODELS
+from sskt.models.base import Backbone, StageInfo
+
+CHANCE = 10.0  # percent, Fashion-MNIST has 10 balanced classes
+WELL_ABOVE_CHANCE = 2.5 * CHANCE
+
+
+class TinyCNN(Backbone):
+    """Two strided conv-BN-ReLU stages (16, 32 channels): a target small enough for CPU tests on a busy machine."""
+
+    family = "cifar"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.feature_info = [StageInfo(16, 2), StageInfo(32, 4)]
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(i, o, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU())
+            for i, o in ((3, 16), (16, 32))
+        )
+
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        outs = []
+        for stage in self.stages:
+            x = stage(x)
+            outs.append(x)
+        return outs
+
+
+@pytest.fixture
+def tiny_model(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Register 'tiny_cnn' for this test only (removed afterwards, so registry-wide contract tests never see it)."""
+    monkeypatch.setitem(MODELS._factories, "tiny_cnn", lambda pretrained=False: TinyCNN())
+    return "tiny_cnn"
+
+
+def method_cfg(tiny_cfg: TrainConfig, tiny_model: str, name: str, out: str | None = None) -> TrainConfig:
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.out = out or tiny_cfg.out
+    # 10 steps per epoch at a high rate: the tiny net gets past 40% on 200 labelled images in a few CPU seconds
+    cfg.data.batch_size, cfg.optim.lr, cfg.epochs = 20, 0.2, 5
+    cfg.model.name = tiny_model
+    cfg.method.name = name
+    cfg.method.dml.peers = [tiny_model]
+    cfg.method.maxl.psi = 2
+    return cfg
+
+
+def toy_spec(n: int = 16, classes: int = 4) -> DatasetSpec:
+    images = torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8)
+    split = TensorImageSet(images, torch.arange(n) % classes)
+    return DatasetSpec("toy", split, split, classes, (0.5,) * 3, (0.25,) * 3, 16)
+
+
+def toy_batch(n: int = 8, classes: int = 4) -> Batch:
+    g = torch.Generator().manual_seed(3)
+    return Batch(torch.randn(n, 3, 16, 16, generator=g), torch.arange(n) % classes, torch.arange(n), n)
+
+
+def built(name: str, model: str, **method: object):
+    """A method on the toy spec, set up on a CPU Fabric (no engine)."""
+    cfg = TrainConfig(seed=0, accelerator="cpu", progress=False)
+    cfg.model.name = model
+    cfg.method.name = name
+    cfg.method.dml.peers = [model]
+    for key, value in method.items():
+        setattr(getattr(cfg.method, name), key, value)
+    m = METHODS.create(name, ctx=MethodContext(cfg, toy_spec(), steps_per_epoch=2))
+    m.setup(Fabric(accelerator="cpu", devices=1))
+    m.start_epoch(0)
+    return m
+
+
+# --- KD ---------------------------------------------------------------------------------------------------------
+def test_kd_objective_golden_values() -> None:
+    # z = (0, 2 ln 3), t = (2 ln 3, 0), T = 2: q = softmax(z/2) = (1/4, 3/4), p = softmax(t/2) = (3/4, 1/4).
+    # KL(p || q) = 3/4 ln 3 + 1/4 ln(1/3) = ln(3) / 2, times T^2 = 4: 2 ln 3.
+    # CE at T = 1 with y = 1: softmax(z) = (1/10, 9/10), so -ln(9/10) = ln(10/9).
+    z = torch.tensor([[0.0, 2 * math.log(3)]])
+    t = torch.tensor([[2 * math.log(3), 0.0]])
+    loss, ce, distill = kd_objective(z, t, torch.tensor([1]), temperature=2.0, lam=0.9)
+    assert ce.item() == pytest.approx(math.log(10 / 9), rel=1e-6)
+    assert distill.item() == pytest.approx(2 * math.log(3), rel=1e-6)
+    assert loss.item() == pytest.approx(0.1 * math.log(10 / 9) + 0.9 * 2 * math.log(3), rel=1e-6)
+    # legacy: the released code's elementwise mean divides by the C = 2 classes as well
+    _, _, legacy = kd_objective(z, t, torch.tensor([1]), temperature=2.0, lam=0.9, legacy=True)
+    assert legacy.item() == pytest.approx(math.log(3), rel=1e-6)
+
+
+def test_kd_gradient_vanishes_when_student_matches_teacher() -> None:
+    torch.manual_seed(0)
+    t = torch.randn(6, 5) * 3
+    z = t.clone().requires_grad_()
+    loss, _, _ = kd_objective(z, t, torch.randint(0, 5, (6,)), temperature=4.0, lam=1.0)
+    (grad,) = torch.autograd.grad(loss, z)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    assert grad.abs().max().item() < 1e-7
+    z2 = (t + torch.randn(6, 5)).requires_grad_()  # a student that differs does get a gradient
+    (grad2,) = torch.autograd.grad(kd_objective(z2, t, torch.zeros(6, dtype=torch.long), 4.0, 1.0)[0], z2)
+    assert grad2.abs().max().item() > 1e-3
+
+
+def test_kd_without_teacher_is_a_user_error(tiny_model: str) -> None:
+    with pytest.raises(UserError, match="method.kd.teacher"):
+        built("kd", tiny_model)
+
+
+def test_kd_distils_a_teacher_run_by_path(tiny_cfg: TrainConfig, tiny_model: str, tmp_path: Path) -> None:
+    from sskt.engine import train
+
+    teacher = method_cfg(tiny_cfg, tiny_model, "scratch", out=str(tmp_path / "teacher"))
+    teacher_acc = train(teacher)["final"]["test_acc"]
+    cfg = method_cfg(tiny_cfg, tiny_model, "kd", out=str(tmp_path / "kd"))
+    cfg.method.kd.teacher = f"checkpoint:{tmp_path / 'teacher'}"
+    summary = train(cfg)
+    assert teacher_acc > WELL_ABOVE_CHANCE
+    assert summary["final"]["test_acc"] > WELL_ABOVE_CHANCE
+    records = [json.loads(line) for line in (tmp_path / "kd" / "records.jsonl").read_text().splitlines()]
+    assert all("kd_loss" in r and "ce_loss" in r for r in records)
+
+
+# --- DML --------------------------------------------------------------------------------------------------------
+def test_dml_peers_get_gradients_only_from_their_own_loss_in_alternating_order(tiny_model, monkeypatch) -> None:
+    m = built("dml", tiny_model)
+    target, peer = m.raw_nets
+    snapshots: list[dict[str, list[Tensor | None]]] = []
+    for opt in m.opts:
+
+        def step(*args, _inner=opt.step, **kwargs):
+            grads = {
+                name: [p.grad.clone() if p.grad is not None else None for p in net.parameters()]
+                for name, net in (("target", target), ("peer", peer))
+            }
+            snapshots.append(grads)
+            return _inner(*args, **kwargs)
+
+        monkeypatch.setattr(opt, "step", step)
+    seen: list[list[Tensor]] = []
+    real_loss = dml_module.dml_loss
+
+    def recording_loss(logits, labels, others, temperature):
+        seen.append([o.clone() for o in others])
+        return real_loss(logits, labels, others, temperature)
+
+    monkeypatch.setattr(dml_module, "dml_loss", recording_loss)
+    batch = toy_batch()
+    target_before = dml_module.forward_keep_stats(target, batch.images)
+    peer_before = dml_module.forward_keep_stats(peer, batch.images)
+    m.training_step(batch)
+
+    first, second = snapshots
+    # the target's step: the target has gradients, the peer none yet
+    assert all(g is not None for g in first["target"]) and all(g is None for g in first["peer"])
+    # the peer's step: the peer has gradients; the peer's loss added nothing to the target's
+    assert all(g is not None for g in second["peer"])
+    for a, b in zip(first["target"], second["target"], strict=True):
+        assert torch.equal(a, b)
+    # the peer learnt from the target's prediction *after* the target's update
+    target_after = dml_module.forward_keep_stats(target, batch.images)
+    torch.testing.assert_close(seen[0][0], peer_before)
+    torch.testing.assert_close(seen[1][0], target_after)
+    assert not torch.allclose(seen[1][0], target_before)
+
+
+def test_dml_evaluates_and_checkpoints_every_peer(tiny_model: str) -> None:
+    m = built("dml", tiny_model)
+    assert list(m.evaluated()) == ["", "peer1_"]
+    state = m.state_dict()
+    assert set(state) == {"nets", "opts", "scheds"} and set(state["nets"]) == {"target", "peer1"}
+    with pytest.raises(UserError, match="peer1"):
+        m.load_state_dict({k: {"target": v["target"]} for k, v in state.items()})
+
+
+# --- MAXL at the method level -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("second_order", [True, False])
+def test_maxl_meta_step_moves_generator_not_network(tiny_model: str, second_order: bool) -> None:
+    m = built("maxl", tiny_model, psi=3, second_order=second_order)
+    net_state = {k: v.clone() for k, v in m.net_module.state_dict().items()}
+    gen_before = [p.detach().clone() for p in m.gen_module.parameters()]
+    batch = toy_batch()
+    m.meta_step(batch.images, batch.labels)
+    for key, value in m.net_module.state_dict().items():  # weights, BN running stats and batch counters
+        assert torch.equal(value, net_state[key]), key
+    moved = [not torch.equal(p, b) for p, b in zip(m.gen_module.parameters(), gen_before, strict=True)]
+    assert sum(moved) >= len(moved) // 2
+
+
+def test_maxl_aux_head_has_psi_slots_per_class(tiny_model: str) -> None:
+    m = built("maxl", tiny_model, psi=3)
+    out = m.net(toy_batch().images)
+    assert out.logits.shape == (8, 4) and out.aux_logits["maxl"].shape == (8, 12)
+    assert m.gen(toy_batch().images).logits.shape == (8, 12)
+
+
+# --- every baseline trains through the engine, and resumes exactly --------------------------------------------------
+@pytest.mark.parametrize("name", ["dml", "maxl"])
+def test_baseline_learns_through_the_engine(tiny_cfg: TrainConfig, tiny_model: str, name: str) -> None:
+    from sskt.engine import train
+
+    cfg = method_cfg(tiny_cfg, tiny_model, name)
+    summary = train(cfg)
+    assert summary["final"]["test_acc"] > WELL_ABOVE_CHANCE
+    if name == "dml":
+        assert summary["final"]["peer1_test_acc"] > WELL_ABOVE_CHANCE
+
+
+@pytest.mark.parametrize("name", ["dml", "maxl"])
+def test_baseline_resumes_exactly(tiny_cfg: TrainConfig, tiny_model: str, name: str, tmp_path: Path) -> None:
+    from sskt.engine import train
+
+    straight = method_cfg(tiny_cfg, tiny_model, name, out=str(tmp_path / "straight"))
+    straight.optim.schedule, straight.epochs = "constant", 2
+    expected = train(straight)
+    first = dataclasses.replace(straight, out=str(tmp_path / "resumed"), epochs=1)
+    train(first)
+    resumed = train(dataclasses.replace(first, epochs=2, resume=True))
+    assert resumed["final"] == pytest.approx(expected["final"])
