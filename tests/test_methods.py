@@ -1,0 +1,101 @@
+"""The scratch and sskt methods: the alpha schedule, the loss on labelled/unlabelled rows, cached vs online soft
+labels, and real learning on a small synthetic task."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from lightning_fabric import Fabric
+from safetensors.torch import load_file
+
+from sskt.config import MethodConfig, SourceConfig
+from sskt.data import build_dataset
+from sskt.data.spec import Batch
+from sskt.engine import train
+from sskt.engine.records import read_records
+from sskt.errors import UserError
+from sskt.methods import METHODS, MethodContext
+from sskt.methods.sskt import alpha_at, source_keys
+
+SOURCE = "efficientnet_lite0.imagenet"
+
+
+def test_alpha_constant_is_the_papers() -> None:
+    cfg = MethodConfig(alpha=0.7)
+    assert [alpha_at(cfg, e, 10) for e in range(10)] == [0.7] * 10
+
+
+def test_alpha_warmup_ramps_linearly_then_holds() -> None:
+    cfg = MethodConfig(alpha=2.0, alpha_schedule="warmup", alpha_warmup_epochs=3)
+    values = [alpha_at(cfg, e, 10) for e in range(6)]
+    assert values == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0, 2.0])
+
+
+def test_alpha_cosine_decays_to_the_floor() -> None:
+    cfg = MethodConfig(alpha=1.0, alpha_schedule="cosine", alpha_floor=0.2)
+    values = [alpha_at(cfg, e, 5) for e in range(5)]
+    assert values[0] == pytest.approx(1.0) and values[-1] == pytest.approx(0.2)
+    assert values[2] == pytest.approx(0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi / 2)))
+    assert all(a > b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_alpha_schedule_names_are_checked() -> None:
+    with pytest.raises(UserError, match="'step'.*constant"):
+        alpha_at(MethodConfig(alpha_schedule="step"), 0, 10)
+
+
+def test_source_keys_are_unique() -> None:
+    assert source_keys([SourceConfig(name="a"), SourceConfig(name="b")]) == ["a", "b"]
+    assert source_keys([SourceConfig(name="a"), SourceConfig(name="a")]) == ["a#0", "a#1"]
+
+
+@pytest.fixture(scope="module")
+def sskt_method(colour_cfg, tmp_path_factory):
+    """An SSKT method on the colour folder with one EfficientNet-Lite0 source at 32 px, set up on CPU."""
+    cfg = colour_cfg(tmp_path_factory.mktemp("m") / "run", "sskt")
+    spec = build_dataset(cfg.data)
+    method = METHODS.create("sskt", ctx=MethodContext(cfg, spec, 6))
+    method.setup(Fabric(accelerator="cpu", devices=1))
+    return method
+
+
+def test_sskt_reads_cached_soft_labels_instead_of_running_the_source(sskt_method, monkeypatch) -> None:
+    images = torch.randn(6, 3, 16, 16)
+    batch = Batch(images=images, labels=torch.tensor([0, 1, 2, 3]), indices=torch.arange(6), num_labeled=4)
+    torch.manual_seed(0)
+    online_loss, logits, logs = sskt_method.compute_loss(batch)
+    assert logits.shape == (4, 4), "primary logits cover the labelled rows only"
+    assert set(logs) == {"primary_loss", f"aux_{SOURCE}"}
+    soft = sskt_method.bank(images)
+    monkeypatch.setattr(sskt_method, "bank", lambda x: pytest.fail("the source ran although the batch had logits"))
+    cached = Batch(images=images, labels=batch.labels, indices=batch.indices, num_labeled=4, soft=soft)
+    torch.manual_seed(0)
+    cached_loss, _, _ = sskt_method.compute_loss(cached)
+    assert cached_loss.item() == pytest.approx(online_loss.item(), rel=1e-5)
+
+
+def test_sskt_without_sources_is_a_user_error(sskt_method) -> None:
+    cfg_no_sources = dataclasses.replace(sskt_method.cfg, sources=[])
+    with pytest.raises(UserError, match="at least one source"):
+        METHODS.create("sskt", ctx=MethodContext(cfg_no_sources, sskt_method.ctx.spec, 6))
+
+
+@pytest.mark.parametrize("method", ["scratch", "sskt"])
+def test_method_learns_a_small_task(method: str, colour_cfg, tmp_path) -> None:
+    cfg = colour_cfg(tmp_path / method, method)
+    summary = train(cfg)
+    records = read_records(cfg.out)
+    # SSKT's total is dominated by the 1000-class aux term, which cannot fall far; its primary term is checked below.
+    assert records[-1]["train_loss"] < (0.5 if method == "scratch" else 1.0) * records[0]["train_loss"]
+    # Four classes: chance is 25 %.
+    assert summary["final"]["test_acc"] >= 75.0
+    weights = load_file(f"{cfg.out}/model.safetensors")
+    if method == "sskt":
+        assert records[-1]["primary_loss"] < 0.5 * records[0]["primary_loss"]
+        assert records[-1][f"aux_{SOURCE}"] < records[0][f"aux_{SOURCE}"], "the aux head learns the source"
+        assert any(k.startswith("aux.") for k in weights)
+    else:
+        assert not any(k.startswith("aux.") for k in weights)
