@@ -27,6 +27,11 @@ Command = Callable[[list[str]], "int | None"]
 
 def train_parser() -> ArgumentParser:
     """``sskt train``: every TrainConfig field as a dotted flag, YAML presets via ``--config`` (repeatable)."""
+    from jsonargparse import set_parsing_settings
+
+    # The help text of each flag is the field's docstring in config.py (needs docstring-parser, a dependency of
+    # jsonargparse[signatures]).
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
     parser = ArgumentParser(
         prog="sskt train",
         description="Train one run. Presets (--config, repeatable, later wins) hold overrides only; any field can "

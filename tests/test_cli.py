@@ -1,0 +1,108 @@
+"""The ``sskt`` command line: listing, parsing presets and overrides, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sskt.cli import COMMANDS, main, parse_train_args
+from sskt.engine import check_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    """Run ``sskt argv`` in-process; it must exit 2 with exactly one ``error:`` line on stderr."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_list_prints_one_registered_name_per_line(capsys) -> None:
+    assert main(["list", "methods"]) == 0
+    names = capsys.readouterr().out.split()
+    assert {"scratch", "sskt"} <= set(names)
+    for what in ("models", "sources", "datasets"):
+        assert main(["list", what]) == 0
+        assert capsys.readouterr().out.strip()
+
+
+def test_presets_then_dotted_overrides(tmp_path) -> None:
+    (tmp_path / "a.yaml").write_text("epochs: 5\ndata:\n  labels_per_class: 50\n  batch_size: 32\n")
+    (tmp_path / "b.yaml").write_text("data:\n  batch_size: 16\nsources:\n  - name: resnet50.imagenet\n")
+    argv = ["--config", str(tmp_path / "a.yaml"), "--config", str(tmp_path / "b.yaml"), "--data.labels_per_class", "7"]
+    cfg = parse_train_args(argv)
+    assert (cfg.epochs, cfg.data.batch_size, cfg.data.labels_per_class) == (5, 16, 7)
+    assert cfg.sources[0].name == "resnet50.imagenet" and cfg.sources[0].bn_mode == "eval"
+
+
+@pytest.mark.parametrize("preset", sorted((REPO / "configs" / "demo").glob("*.yaml")), ids=lambda p: p.stem)
+def test_demo_presets_parse_and_resolve(preset: Path) -> None:
+    check_config(parse_train_args(["--config", str(preset)]))
+
+
+def test_train_help_lists_fields_with_their_docstrings(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--data.labels_per_class" in out and "labelled training images per class" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--model.name", "resnet7"], "resnet20"),
+        (["--data.name", "mnist9"], "fashion_mnist"),
+        (["--method.name", "sskt", "--sources", '[{"name": "nosuch"}]'], "efficientnet_lite0.imagenet"),
+        (["--data.batch_size", "many"], "data.batch_size"),
+        (["--data.nope", "1"], "data.nope"),
+    ],
+)
+def test_bad_names_and_values_exit_2_naming_the_choices(capsys, tmp_path, argv, expected) -> None:
+    err = _error_line(capsys, ["train", "--out", str(tmp_path / "run"), *argv])
+    assert expected in err
+
+
+def test_missing_data_folder_exits_2(capsys, tmp_path) -> None:
+    argv = ["train", "--out", str(tmp_path / "run"), "--data.name", "imagefolder", "--data.root", str(tmp_path / "no")]
+    assert "no" in _error_line(capsys, argv)
+
+
+def test_corrupt_checkpoint_source_exits_2(capsys, tmp_path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00not a checkpoint")
+    sources = f'[{{"name": "checkpoint:{bad}"}}]'
+    argv = ["train", "--out", str(tmp_path / "run"), "--method.name", "sskt", "--sources", sources]
+    assert str(bad) in _error_line(capsys, argv)
+
+
+def test_too_many_labels_per_class_exits_2(capsys, tmp_path, small_fmnist) -> None:
+    argv = ["train", "--out", str(tmp_path / "run"), "--data.root", str(small_fmnist), "--data.download", "false"]
+    err = _error_line(capsys, [*argv, "--data.labels_per_class", "1000"])
+    assert "1000" in err
+
+
+def test_unknown_command_lists_the_commands(capsys) -> None:
+    err = _error_line(capsys, ["trian"])
+    assert all(name in err for name in COMMANDS)
+
+
+def test_debug_shows_the_exception() -> None:
+    from sskt.errors import UserError
+
+    with pytest.raises(UserError):
+        main(["--debug", "list", "colours"])
+
+
+def test_console_script_in_a_real_process() -> None:
+    cmd = [sys.executable, "-m", "sskt.cli"]
+    ok = subprocess.run([*cmd, "list", "methods"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "sskt" in ok.stdout.split()
+    bad = subprocess.run([*cmd, "train", "--model.name", "resnet7"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr and "resnet20" in bad.stderr
