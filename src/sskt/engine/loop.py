@@ -10,6 +10,7 @@ from lightning_fabric.loggers import TensorBoardLogger
 from torch import Tensor
 
 from sskt.config import TrainConfig
+from sskt.data import DatasetSpec, TrainStream, build_dataset
 from sskt.engine.checkpoint import load_checkpoint, save_atomic
 from sskt.engine.checks import check_config
 from sskt.engine.evaluation import TestBatches, evaluate_networks, headline_metric
@@ -35,8 +36,6 @@ def build_fabric(cfg: TrainConfig, run: RunDir) -> Fabric:
 
 def train(cfg: TrainConfig) -> dict:
     """Train one run into ``cfg.out`` and return its summary (also written to ``summary.json``)."""
-    from sskt.data import TrainStream, build_dataset
-
     check_config(cfg)
     started = time.perf_counter()
     run = RunDir(cfg.out)
@@ -46,17 +45,7 @@ def train(cfg: TrainConfig) -> dict:
     fabric.launch()
     if fabric.is_global_zero:
         run.prepare(cfg)
-
-    # Build data and method; the target's initial weights follow from cfg.seed alone.
-    seed_everything(cfg.seed)
-    spec = build_dataset(cfg.data)
-    stream = TrainStream(spec, cfg, device=fabric.device)
-    if cfg.cache.enabled:  # replay stored views and their cached source logits (built first when allowed)
-        from sskt.engine.soft_cache import attach_cache
-
-        attach_cache(cfg, spec, stream, fabric)
-    method = METHODS.create(cfg.method.name, ctx=MethodContext(cfg, spec, len(stream)))
-    method.setup(fabric)
+    spec, stream, method = build_parts(cfg, fabric)
     test = TestBatches(spec, cfg.data.eval_batch_size, fabric.device, cfg.data.num_workers)
     headline = headline_metric(spec.task)
 
@@ -94,7 +83,21 @@ def train(cfg: TrainConfig) -> dict:
     return finish(cfg, run, fabric, method, state, metrics)
 
 
-def train_epoch(fabric: Fabric, method: Method, stream, epoch: int) -> dict:
+def build_parts(cfg: TrainConfig, fabric: Fabric) -> tuple[DatasetSpec, TrainStream, Method]:
+    """Data, training stream and method, set up on the fabric; the target's initial weights follow from cfg.seed."""
+    seed_everything(cfg.seed)
+    spec = build_dataset(cfg.data)
+    stream = TrainStream(spec, cfg, device=fabric.device)
+    if cfg.cache.enabled:  # replay stored views and their cached source logits (built first when allowed)
+        from sskt.engine.soft_cache import attach_cache
+
+        attach_cache(cfg, spec, stream, fabric)
+    method = METHODS.create(cfg.method.name, ctx=MethodContext(cfg, spec, len(stream)))
+    method.setup(fabric)
+    return spec, stream, method
+
+
+def train_epoch(fabric: Fabric, method: Method, stream: TrainStream, epoch: int) -> dict:
     """One pass over the stream. Losses and logs are summed on device and read once at the end (no per-step sync)."""
     steps = len(stream)
     lr = method.lr()
@@ -121,7 +124,7 @@ def train_epoch(fabric: Fabric, method: Method, stream, epoch: int) -> dict:
         "train_loss": means.pop("train_loss"),
         "lr": lr,
         "epoch_seconds": seconds,
-        "images_per_second": images * fabric.world_size / max(seconds, 1e-9),
+        "images_per_second": images / max(seconds, 1e-9),  # rows this process trained on
         **means,
     }
 

@@ -7,6 +7,9 @@ through its own auxiliary head.
 included), ``s_m`` the source's logits for the same augmented image (from the soft-label cache when the batch
 carries them, else computed online without gradient), ``w_m`` the per-source weight, ``alpha_e`` the scheduled
 auxiliary weight of epoch ``e``.
+
+Unlabelled rows go through the whole target; the primary head is a per-row linear layer, so its outputs on them
+never touch the loss or any statistic (``data.unlabeled_primary`` only matters to heads with batch statistics).
 """
 
 from __future__ import annotations
