@@ -61,6 +61,9 @@ def test_train_help_lists_fields_with_their_docstrings(capsys) -> None:
         (["--method.name", "sskt", "--sources", '[{"name": "nosuch"}]'], "efficientnet_lite0.imagenet"),
         (["--data.batch_size", "many"], "data.batch_size"),
         (["--data.nope", "1"], "data.nope"),
+        (["--method.name", "dml", "--method.dml.peers", '["resnet7"]'], "resnet56"),
+        (["--method.name", "maxl", "--method.maxl.generator", "vgg7"], "vgg16_bn"),
+        (["--method.name", "kd"], "method.kd.teacher"),
     ],
 )
 def test_bad_names_and_values_exit_2_naming_the_choices(capsys, tmp_path, argv, expected) -> None:

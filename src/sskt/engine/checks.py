@@ -29,6 +29,7 @@ def check_config(cfg: TrainConfig) -> None:
         for source in cfg.sources:
             _check_name("source", source.name, SOURCES)
             check_choice("source bn_mode", source.bn_mode, ("eval", "train"))
+    _check_baseline_names(cfg, MODELS)
     check_choice("head.kind", cfg.head.kind, HEAD_KINDS)
     check_choice("data.augment", cfg.data.augment, AUGMENTS)
     check_choice("method.aux_loss", cfg.method.aux_loss, AUX_LOSSES)
@@ -38,6 +39,21 @@ def check_config(cfg: TrainConfig) -> None:
     check_choice("precision", str(cfg.precision), PRECISIONS)
     check_choice("accelerator", cfg.accelerator, ACCELERATORS)
     _check_positive(cfg)
+
+
+def _check_baseline_names(cfg: TrainConfig, models) -> None:
+    """The names only one method reads (DML peers, MAXL's generator, KD's teacher), checked before any work."""
+    if cfg.method.name == "dml":
+        for peer in cfg.method.dml.peers:
+            _check_name("model (method.dml.peers)", peer, models)
+    if cfg.method.name == "maxl" and cfg.method.maxl.generator is not None:
+        _check_name("model (method.maxl.generator)", cfg.method.maxl.generator, models)
+    if cfg.method.name == "kd":
+        from sskt.sources import SOURCES
+
+        if cfg.method.kd.teacher is None:
+            raise UserError("method 'kd' needs method.kd.teacher, e.g. checkpoint:runs/teacher (a trained run)")
+        _check_name("source (method.kd.teacher)", cfg.method.kd.teacher, SOURCES)
 
 
 def _check_name(kind: str, name: str, registry) -> None:
