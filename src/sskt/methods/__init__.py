@@ -8,5 +8,4 @@ METHODS: Registry[Method] = Registry("method")
 __all__ = ["METHODS", "Method", "MethodContext", "SingleNetMethod", "StepOutput"]
 
 # Importing the method modules registers them (they need METHODS, defined above).
-from sskt.methods import scratch, sskt  # noqa: E402,F401
-from sskt.methods import dml, kd, maxl  # noqa: E402,F401  (the baselines)
+from sskt.methods import dml, kd, maxl, scratch, sskt  # noqa: E402,F401
