@@ -28,8 +28,9 @@ class Killed(Exception):
 
 
 def _small(cfg: TrainConfig, epochs: int, out: str) -> TrainConfig:
-    """2 steps per epoch (40 labelled images, batch 20): enough to exercise every phase, fast on 2 cores."""
-    cfg = dataclasses.replace(cfg, epochs=epochs, out=out)
+    """2 steps per epoch (40 labelled images, batch 20): enough to exercise every phase, fast on 2 cores. Precise BN
+    is on, so resuming must also replay the statistics recomputed before each evaluation."""
+    cfg = dataclasses.replace(cfg, epochs=epochs, out=out, precise_bn=2)
     cfg.data = dataclasses.replace(cfg.data, labels_per_class=4, batch_size=20)
     return cfg
 

@@ -233,6 +233,9 @@ class TrainConfig:
     """Use channels-last memory format for target and sources."""
     eval_every: int = 1
     """Evaluate every N epochs (and always after the last)."""
+    precise_bn: int = 0
+    """Before each evaluation, recompute BatchNorm running statistics over this many training batches of the current
+    weights (0 keeps the moving averages). Fixes statistics that lag fast-moving weights; applies to every method."""
     progress: bool = True
     """Show a progress bar."""
     threads: int | None = None

@@ -14,6 +14,7 @@ from sskt.data import DatasetSpec, TrainStream, build_dataset
 from sskt.engine.checkpoint import load_checkpoint, save_atomic
 from sskt.engine.checks import check_config
 from sskt.engine.evaluation import TestBatches, evaluate_networks, headline_metric
+from sskt.engine.precise_bn import recompute_bn_stats
 from sskt.engine.progress import EpochProgress, epoch_line
 from sskt.engine.records import RunDir, git_commit, versions
 from sskt.engine.seeding import rng_state, seed_everything, set_rng_state
@@ -63,6 +64,8 @@ def train(cfg: TrainConfig) -> dict:
 
         # Evaluate every eval_every epochs and after the last one.
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            if cfg.precise_bn:  # statistics of the current weights, from this epoch's (replayable) batches
+                recompute_bn_stats(method.evaluated().values(), stream.epoch(epoch), cfg.precise_bn, fabric.device)
             metrics = evaluate_networks(method.evaluated(), test, spec.task, spec.num_classes, fabric.device)
             record.update(metrics)
             if state["best_epoch"] is None or metrics[headline] > state["best"].get(headline, float("-inf")):
