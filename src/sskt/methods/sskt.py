@@ -65,7 +65,7 @@ class SSKT(SingleNetMethod):
         self.weights = {k: s.weight for k, s in zip(self.keys, self.cfg.sources, strict=True)}
         spec = ctx.spec
         built = {k: build_source(s, spec.mean, spec.std) for k, s in zip(self.keys, self.cfg.sources, strict=True)}
-        self.bank = SourceBank(built, channels_last=self.cfg.channels_last)
+        self.bank = SourceBank(built)
         self.primary = primary_loss(self.cfg.method.primary_loss)
         self.aux = aux_loss(self.cfg.method.aux_loss)
         # Seed right before building so the target starts from the same weights as scratch with the same seed.
@@ -82,7 +82,7 @@ class SSKT(SingleNetMethod):
         """Soft-label targets per source: cached in the batch when available, else computed online."""
         if batch.soft is not None and all(k in batch.soft for k in self.keys):
             return {k: batch.soft[k] for k in self.keys}
-        with torch.no_grad(), self.fabric.autocast():
+        with self.fabric.autocast():
             return self.bank(batch.images)
 
     def compute_loss(self, batch: Batch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
