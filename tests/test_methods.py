@@ -77,6 +77,32 @@ def test_sskt_reads_cached_soft_labels_instead_of_running_the_source(sskt_method
     assert cached_loss.item() == pytest.approx(online_loss.item(), rel=1e-5)
 
 
+def test_unlabelled_rows_feed_only_the_auxiliary_loss(sskt_method) -> None:
+    """With 4 labelled and 2 unlabelled rows: the primary loss is the cross-entropy of the labelled rows alone, the
+    auxiliary loss averages over all 6, and only the auxiliary loss sends gradient to the unlabelled images."""
+    torch.manual_seed(0)
+    images = torch.randn(6, 3, 16, 16, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 3])
+    soft = {SOURCE: torch.randn(6, 1000)}
+    net = sskt_method.net
+    net.eval()  # batch statistics would mix rows; eval mode makes every row's output depend on that row alone
+    try:
+        batch = Batch(images=images, labels=labels, indices=torch.arange(6), num_labeled=4, soft=soft)
+        loss, logits, logs = sskt_method.compute_loss(batch)
+        out = net(images)
+        expected_primary = torch.nn.functional.cross_entropy(out.logits[:4], labels)
+        assert logs["primary_loss"].item() == pytest.approx(expected_primary.item(), rel=1e-5)
+        target = soft[SOURCE].softmax(1)
+        expected_aux = -(target * out.aux_logits[SOURCE].log_softmax(1)).sum(1).mean()
+        assert logs[f"aux_{SOURCE}"].item() == pytest.approx(expected_aux.item(), rel=1e-5)
+        (grad_primary,) = torch.autograd.grad(expected_primary, images)
+        assert grad_primary[4:].abs().max() == 0, "the primary loss must not reach unlabelled rows"
+        (grad_total,) = torch.autograd.grad(loss, images)
+        assert grad_total[4:].abs().max() > 0, "the auxiliary loss must reach unlabelled rows"
+    finally:
+        net.train()
+
+
 def test_sskt_without_sources_is_a_user_error(sskt_method) -> None:
     cfg_no_sources = dataclasses.replace(sskt_method.cfg, sources=[])
     with pytest.raises(UserError, match="at least one source"):
