@@ -184,6 +184,23 @@ def test_dml_peers_get_gradients_only_from_their_own_loss_in_alternating_order(t
     assert not torch.allclose(seen[1][0], target_before)
 
 
+def test_dml_without_alternation_uses_predictions_from_before_the_updates(tiny_model, monkeypatch) -> None:
+    m = built("dml", tiny_model, alternate=False)
+    target, _ = m.raw_nets
+    seen: list[list[Tensor]] = []
+    real_loss = dml_module.dml_loss
+
+    def recording_loss(logits, labels, others, temperature):
+        seen.append([o.clone() for o in others])
+        return real_loss(logits, labels, others, temperature)
+
+    monkeypatch.setattr(dml_module, "dml_loss", recording_loss)
+    batch = toy_batch()
+    target_before = dml_module.forward_keep_stats(target, batch.images)
+    m.training_step(batch)
+    torch.testing.assert_close(seen[1][0], target_before)
+
+
 def test_dml_evaluates_and_checkpoints_every_peer(tiny_model: str) -> None:
     m = built("dml", tiny_model)
     assert list(m.evaluated()) == ["", "peer1_"]

@@ -105,6 +105,11 @@ class DMLConfig:
     """Architectures of the peers besides the target (the paper uses resnet50)."""
     temperature: float = 1.0
     """Softmax temperature of the mutual KL."""
+    alternate: bool = True
+    """Recompute each updated peer's prediction before the next peer's update (the paper's Algorithm 1). False uses
+    every peer's prediction from before the batch's updates. On Fashion-MNIST with 50 labels per class, two ResNet20
+    peers at lr 0.05 diverged with True (target train CE 2.79 -> 4.39 over two epochs) and learned with False
+    (2.54 -> 2.06, scratch 2.32 -> 1.90)."""
 
 
 @dataclass

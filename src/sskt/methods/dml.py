@@ -92,7 +92,7 @@ class DML(Method):
             self.fabric.backward(loss)
             opt.step()
             losses.append(loss.detach())
-            if k < len(self.nets) - 1:  # the next peers learn from this peer's updated prediction
+            if self.cfg.method.dml.alternate and k < len(self.nets) - 1:  # next peers see this peer's update
                 outputs[k] = forward_keep_stats(self.raw_nets[k], images)
         logs = {f"{name}_loss": loss for name, loss in zip(self.names[1:], losses[1:], strict=True)}
         return StepOutput(losses[0], first_logits, logs)
