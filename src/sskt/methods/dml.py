@@ -80,6 +80,7 @@ class DML(Method):
         self.nets, self.opts = nets, opts
 
     def training_step(self, batch: Batch) -> StepOutput:
+        """Update every peer once on the labelled rows, in order; report the target's loss and logits."""
         images, labels = batch.labeled_images, batch.labels
         # Every peer's output before any update; each stays current until its own peer steps.
         outputs = [_logits(net(images)) for net in self.nets]

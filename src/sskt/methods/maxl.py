@@ -144,6 +144,7 @@ class MAXL(Method):
         self.gen = build_target(gen_model, width, {}, HeadConfig())
 
     def setup(self, fabric: Fabric) -> None:
+        """Wrap the multi-task net and the generator with their own SGD optimizers and halving schedules."""
         super().setup(fabric)
         if self.cfg.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
