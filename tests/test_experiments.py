@@ -220,6 +220,17 @@ def test_groups_differ_only_in_seed_and_pair_with_scratch(tmp_path: Path) -> Non
     assert scratch_counterpart(groups[0], groups) is None
 
 
+def test_runs_made_before_a_config_field_existed_group_with_newer_runs(tmp_path: Path) -> None:
+    """A field added later (here ``precise_bn``) is absent from an older run's config.yaml; it counts as its default."""
+    old = _fabricate(tmp_path, "scratch", 0, 80.0)
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    del config["precise_bn"]
+    (old / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    new = _fabricate(tmp_path, "scratch", 1, 81.0)
+    groups = group_runs([load_run(old), load_run(new)])
+    assert len(groups) == 1 and len(groups[0].runs) == 2
+
+
 def test_report_files_from_fabricated_runs(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     for method, values in FINAL.items():

@@ -8,6 +8,8 @@ docs/CONTRACTS.md), so a report can be regenerated from the files at any time. `
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -47,7 +49,10 @@ class Run:
         return int(self.summary.get("seed", self.config.get("seed", 0)))
 
     def setting(self) -> dict[str, Any]:
-        return {k: v for k, v in self.config.items() if k not in NON_SETTING_KEYS}
+        """Config keys that change results. Fields added to TrainConfig after a run was made take their default
+        here: new fields are additive, so their default is what that run did."""
+        merged = {**_default_config(), **self.config}
+        return {k: v for k, v in merged.items() if k not in NON_SETTING_KEYS}
 
 
 @dataclass
@@ -78,6 +83,16 @@ class Group:
 
 
 # --- reading ---------------------------------------------------------------------------------------------------
+@functools.cache
+def _default_config() -> dict[str, Any]:
+    """Today's TrainConfig defaults, flattened (scalar fields only; list-of-mapping defaults such as sources stay
+    out, so a run's own list is never padded)."""
+    from sskt.config import TrainConfig
+
+    flat = flatten_config(dataclasses.asdict(TrainConfig()))
+    return {k: v for k, v in flat.items() if not isinstance(v, list) or not v}
+
+
 def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
     """Nested config to dotted keys; a list of mappings (``sources``) becomes ``sources[i].field`` keys."""
     if isinstance(value, dict):
