@@ -142,6 +142,19 @@ def test_kd_distils_a_teacher_run_by_path(tiny_cfg: TrainConfig, tiny_model: str
 
 
 # --- DML --------------------------------------------------------------------------------------------------------
+def _record_peer_predictions(monkeypatch) -> list[list[Tensor]]:
+    """Make every DML loss call append the other peers' predictions it was given; return that list."""
+    seen: list[list[Tensor]] = []
+    real_loss = dml_module.dml_loss
+
+    def recording_loss(logits, labels, others, temperature):
+        seen.append([o.clone() for o in others])
+        return real_loss(logits, labels, others, temperature)
+
+    monkeypatch.setattr(dml_module, "dml_loss", recording_loss)
+    return seen
+
+
 def test_dml_peers_get_gradients_only_from_their_own_loss_in_alternating_order(tiny_model, monkeypatch) -> None:
     m = built("dml", tiny_model)
     target, peer = m.raw_nets
@@ -157,14 +170,7 @@ def test_dml_peers_get_gradients_only_from_their_own_loss_in_alternating_order(t
             return _inner(*args, **kwargs)
 
         monkeypatch.setattr(opt, "step", step)
-    seen: list[list[Tensor]] = []
-    real_loss = dml_module.dml_loss
-
-    def recording_loss(logits, labels, others, temperature):
-        seen.append([o.clone() for o in others])
-        return real_loss(logits, labels, others, temperature)
-
-    monkeypatch.setattr(dml_module, "dml_loss", recording_loss)
+    seen = _record_peer_predictions(monkeypatch)
     batch = toy_batch()
     target_before = dml_module.forward_keep_stats(target, batch.images)
     peer_before = dml_module.forward_keep_stats(peer, batch.images)
@@ -187,14 +193,7 @@ def test_dml_peers_get_gradients_only_from_their_own_loss_in_alternating_order(t
 def test_dml_without_alternation_uses_predictions_from_before_the_updates(tiny_model, monkeypatch) -> None:
     m = built("dml", tiny_model, alternate=False)
     target, _ = m.raw_nets
-    seen: list[list[Tensor]] = []
-    real_loss = dml_module.dml_loss
-
-    def recording_loss(logits, labels, others, temperature):
-        seen.append([o.clone() for o in others])
-        return real_loss(logits, labels, others, temperature)
-
-    monkeypatch.setattr(dml_module, "dml_loss", recording_loss)
+    seen = _record_peer_predictions(monkeypatch)
     batch = toy_batch()
     target_before = dml_module.forward_keep_stats(target, batch.images)
     m.training_step(batch)
