@@ -15,7 +15,8 @@ import yaml
 from sskt.config import SourceConfig, TrainConfig
 from sskt.errors import UserError
 from sskt.experiments.grid import expand, grid_main, load_grid, parse_grid, run_grid, train_argv
-from sskt.experiments.report import group_runs, load_run, scratch_counterpart, write_report
+from sskt.experiments.report import group_runs, scratch_counterpart, write_report
+from sskt.experiments.runs import load_run
 from sskt.experiments.stats import paired_diff, summarize, t_quantile_975
 
 

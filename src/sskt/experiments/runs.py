@@ -1,0 +1,82 @@
+"""Reading run directories: a finished run's flattened config, records and summary, and which config keys make
+up its setting (the keys that change results)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Keys that change where or how fast a run goes, not what it computes: runs differing only in these (and the seed)
+# are replicates of one setting.
+NON_SETTING_KEYS = frozenset(
+    {"seed", "out", "resume", "progress", "threads", "data.root", "data.download", "data.num_workers"}
+    | {"data.eval_batch_size", "cache.dir", "cache.build"}
+)
+
+
+@dataclass
+class Run:
+    """One finished run directory."""
+
+    path: Path
+    config: dict[str, Any]
+    """Flattened resolved config: dotted keys; lists of mappings as ``sources[0].name``."""
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+    @property
+    def seed(self) -> int:
+        return int(self.summary.get("seed", self.config.get("seed", 0)))
+
+    def setting(self) -> dict[str, Any]:
+        """Config keys that change results. Fields added to TrainConfig after a run was made take their default
+        here: new fields are additive, so their default is what that run did."""
+        merged = {**_default_config(), **self.config}
+        return {k: v for k, v in merged.items() if k not in NON_SETTING_KEYS}
+
+
+@functools.cache
+def _default_config() -> dict[str, Any]:
+    """Today's TrainConfig defaults, flattened (scalar fields only; list-of-mapping defaults such as sources stay
+    out, so a run's own list is never padded)."""
+    from sskt.config import TrainConfig
+
+    flat = flatten_config(dataclasses.asdict(TrainConfig()))
+    return {k: v for k, v in flat.items() if not isinstance(v, list) or not v}
+
+
+def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested config to dotted keys; a list of mappings (``sources``) becomes ``sources[i].field`` keys."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(flatten_config(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        out = {}
+        for i, v in enumerate(value):
+            out.update(flatten_config(v, f"{prefix}[{i}]"))
+        return out
+    return {prefix: value}
+
+
+def load_run(path: Path) -> Run:
+    """Read one run directory (it must hold ``summary.json`` and ``config.yaml``)."""
+    config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    summary = json.loads((path / "summary.json").read_text())
+    lines = (path / "records.jsonl").read_text().splitlines() if (path / "records.jsonl").exists() else []
+    records = [json.loads(line) for line in lines if line.strip()]
+    return Run(path, flatten_config(config), records, summary)
+
+
+def find_runs(root: Path) -> tuple[list[Run], list[Path]]:
+    """Finished runs under ``root`` (any depth), and the unfinished directories (config but no summary)."""
+    runs = [load_run(p.parent) for p in sorted(root.rglob("summary.json")) if (p.parent / "config.yaml").exists()]
+    unfinished = [p.parent for p in sorted(root.rglob("config.yaml")) if not (p.parent / "summary.json").exists()]
+    return runs, unfinished
