@@ -22,6 +22,7 @@ from sskt.config import HeadConfig, ModelConfig, SourceConfig
 from sskt.errors import UserError
 from sskt.losses import soft_ce
 from sskt.sources import SOURCES, Source, SourceBank, build_source
+from sskt.sources.base import CPU_CHUNK
 
 TARGET_MEAN = (0.3, 0.4, 0.5)
 TARGET_STD = (0.2, 0.25, 0.3)
@@ -208,6 +209,19 @@ def test_bank_matches_sources_one_by_one(weights: dict[str, str]) -> None:
         for k, v in out.items():
             torch.testing.assert_close(v, alone[k], rtol=1e-4, atol=1e-4)
             assert not v.requires_grad
+
+
+def test_bank_chunks_give_the_whole_batch_logits_in_order(weights: dict[str, str]) -> None:
+    sources = {"E": build("efficientnet_lite0.imagenet", weights, input_size=40)}
+    x = torch.randn(7, 3, 32, 32)
+    whole = SourceBank(sources, chunk=0)(x)["E"]
+    for chunk in (1, 3, 7, 100):
+        torch.testing.assert_close(SourceBank(sources, chunk=chunk)(x)["E"], whole, rtol=1e-4, atol=1e-4)
+    auto = SourceBank(sources)
+    assert auto.chunk_size(torch.zeros(100, 3, 8, 8)) == CPU_CHUNK  # CPU: small chunks are faster per image
+    assert SourceBank(sources, chunk=0).chunk_size(torch.zeros(100, 3, 8, 8)) == 100
+    with pytest.raises(UserError, match="chunk must be >= 0.*got -1"):
+        SourceBank(sources, chunk=-1)
 
 
 def test_bank_keys_default_to_names_and_must_be_unique() -> None:

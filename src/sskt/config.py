@@ -236,6 +236,9 @@ class TrainConfig:
     """Fabric precision ('32-true', 'bf16-mixed', '16-mixed')."""
     channels_last: bool = False
     """Use channels-last memory format for target and sources."""
+    source_chunk: int | None = None
+    """Images per source forward (online and cache build): None picks 32 on CPU (faster per image there) and the
+    whole batch on GPU; 0 always uses the whole batch."""
     eval_every: int = 1
     """Evaluate every N epochs (and always after the last)."""
     precise_bn: int = 0

@@ -65,7 +65,7 @@ class SSKT(SingleNetMethod):
         self.weights = {k: s.weight for k, s in zip(self.keys, self.cfg.sources, strict=True)}
         spec = ctx.spec
         built = {k: build_source(s, spec.mean, spec.std) for k, s in zip(self.keys, self.cfg.sources, strict=True)}
-        self.bank = SourceBank(built)
+        self.bank = SourceBank(built, chunk=self.cfg.source_chunk)
         self.primary = primary_loss(self.cfg.method.primary_loss)
         self.aux = aux_loss(self.cfg.method.aux_loss)
         # Seed right before building so the target starts from the same weights as scratch with the same seed.

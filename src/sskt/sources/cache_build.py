@@ -136,6 +136,7 @@ class Plan:
     views: int
     topk: int | None
     dtype: str = "float16"
+    source_chunk: int | None = None
 
 
 def _header(plan: Plan, complete: bool) -> dict:
@@ -244,7 +245,8 @@ def build_cache(
     check_sources(plan.sources)
     partial, done = _start(plan)
     total = sum(len(p.indices) for p in plan.pools)
-    bank = SourceBank(plan.sources, channels_last=True).eval()  # measured ~1.9x faster on CPU with inference mode
+    # Inference mode and channels-last (~1.9x faster on CPU), in the same source chunks as the online path.
+    bank = SourceBank(plan.sources, channels_last=True, chunk=plan.source_chunk).eval()
     started, offset = time.perf_counter(), 0
     with _bar(show_progress, total, done) as bar:
         for i, pool in enumerate(plan.pools):
@@ -277,7 +279,7 @@ def plan_for(cfg: TrainConfig, spec: DatasetSpec, stream: TrainStream, sources: 
     check_sources(sources)
     key = cache_key(cfg, spec, stream, sources, dtype)
     return Plan(cache_path(cfg.cache, key), key, stream_pools(stream), sources, stream.normalize,
-                cfg.cache.views, cfg.cache.topk, dtype)  # fmt: skip
+                cfg.cache.views, cfg.cache.topk, dtype, cfg.source_chunk)  # fmt: skip
 
 
 def open_cache(
