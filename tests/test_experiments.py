@@ -6,7 +6,11 @@ import csv
 import dataclasses
 import json
 import math
+import os
+import socket
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,8 @@ import yaml
 
 from sskt.config import SourceConfig, TrainConfig
 from sskt.errors import UserError
-from sskt.experiments.grid import expand, grid_main, load_grid, parse_grid, run_grid, train_argv
+from sskt.experiments.cells import LOCK, claim, release
+from sskt.experiments.grid import expand, grid_main, load_grid, parse_grid, run_grid, select, train_argv
 from sskt.experiments.report import group_runs, scratch_counterpart, write_report
 from sskt.experiments.runs import load_run
 from sskt.experiments.stats import paired_diff, summarize, t_quantile_975
@@ -144,6 +149,52 @@ def test_a_failing_cell_is_reported_and_the_grid_goes_on(tmp_path: Path) -> None
     result = run_grid(grid, tmp_path / "runs", runner=FakeRunner(fail="sskt_tm-alpha1"))
     assert sorted(result.failed) == ["sskt_tm-alpha1-seed0", "sskt_tm-alpha1-seed3"]
     assert len(result.finished) == 6
+
+
+def test_a_cell_locked_by_a_live_process_is_left_to_it_and_a_dead_ones_lock_is_taken(tmp_path: Path) -> None:
+    grid = load_grid(_write_grid(tmp_path, GRID))
+    out = tmp_path / "runs"
+    busy, stale = out / "scratch-alpha1-seed0", out / "scratch-alpha1-seed3"
+    busy.mkdir(parents=True)
+    stale.mkdir(parents=True)
+    (busy / LOCK).write_text(f"{socket.gethostname()} 1")  # pid 1 lives for as long as the machine does
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (stale / LOCK).write_text(f"{socket.gethostname()} {dead.pid}")
+    runner = FakeRunner()
+    result = run_grid(grid, out, jobs=2, runner=runner)
+    assert result.busy == ["scratch-alpha1-seed0"] and "scratch-alpha1-seed0" not in runner.calls
+    assert "scratch-alpha1-seed3" in result.finished and len(result.finished) == 7
+    assert not (stale / LOCK).exists() and (busy / LOCK).exists()  # released after running; the live one kept
+
+
+def test_claim_is_exclusive_until_released(tmp_path: Path) -> None:
+    cell = tmp_path / "c"
+    assert claim(cell)
+    (cell / LOCK).write_text(f"{socket.gethostname()} 1")  # as if another live process had claimed it
+    assert not claim(cell)
+    release(cell)  # not ours: stays
+    assert (cell / LOCK).exists()
+    (cell / LOCK).write_text(f"elsewhere.example {os.getpid()}")  # another host: never taken over
+    assert not claim(cell)
+    (cell / LOCK).unlink()
+    assert claim(cell) and not claim(cell)  # even the holder cannot claim it twice
+    release(cell)
+    assert not (cell / LOCK).exists()
+
+
+def test_only_and_seed_major_pick_and_order_cells(tmp_path: Path) -> None:
+    cells = expand(load_grid(_write_grid(tmp_path, GRID)))
+    assert [c.name for c in select(cells, ["scratch-*"])] == [
+        "scratch-alpha0.5-seed0", "scratch-alpha0.5-seed3", "scratch-alpha1-seed0", "scratch-alpha1-seed3"
+    ]  # fmt: skip
+    ordered = select(cells, None, seed_major=True)
+    assert [c.seed for c in ordered] == [0, 0, 0, 0, 3, 3, 3, 3] and ordered[0].name == "scratch-alpha0.5-seed0"
+    assert [c.name for c in select(cells, ["*-alpha1-seed3", "nothing*"])] == [
+        "scratch-alpha1-seed3", "sskt_tm-alpha1-seed3"
+    ]  # fmt: skip
+    with pytest.raises(UserError, match=r"--only kd-\* matches no cell; cells: scratch-alpha0.5-seed0"):
+        select(cells, ["kd-*"])
 
 
 def test_dry_run_lists_every_cell_and_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -18,21 +18,23 @@ A string value may contain ``{seed}``, replaced by the cell's seed (``checkpoint
 
 Each cell runs ``python -m sskt.cli train`` in its own process (``out/<axis values>-seed<N>/``), so cells are
 isolated and can run side by side. A cell with ``summary.json`` is done and skipped; one with a checkpoint resumes.
+A running cell is locked (``sskt.experiments.cells``), so several grid processes, started at different times or
+on hosts sharing the folder, can work through one grid together without running a cell twice.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
 import itertools
 import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,7 @@ from rich.progress import (
 
 from sskt.config import TrainConfig
 from sskt.errors import UserError, choice_error
+from sskt.experiments.cells import CellRunner, cell_state, claim, release, subprocess_runner
 
 GRID_KEYS = ("base", "axes", "seeds", "out")
 COUPLED_KEYS = ("label", "config")
@@ -258,32 +261,6 @@ def train_argv(cell: Cell, cell_dir: Path, threads: int | None = None, resume: b
     return argv
 
 
-def cell_state(cell_dir: Path) -> str:
-    """'done' (summary.json exists), 'resume' (a checkpoint or records exist: the run was interrupted) or 'new'.
-
-    A run killed after writing an epoch's record but before its first checkpoint also resumes: ``sskt train``
-    refuses to overwrite records unless resuming, and a resume without a checkpoint starts from epoch 0."""
-    if (cell_dir / "summary.json").is_file():
-        return "done"
-    records = cell_dir / "records.jsonl"
-    if (cell_dir / "checkpoints" / "last.pt").is_file() or (records.is_file() and records.stat().st_size > 0):
-        return "resume"
-    return "new"
-
-
-CellRunner = Callable[[list[str], Path, int], int]
-"""Runs one cell's ``sskt train`` argv in ``cell_dir`` with ``threads`` CPU threads; returns the exit status."""
-
-
-def subprocess_runner(argv: list[str], cell_dir: Path, threads: int) -> int:
-    """Run ``python -m sskt.cli train ARGV`` in a child process, its output appended to ``cell_dir/grid.log``."""
-    cell_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    with open(cell_dir / "grid.log", "a") as log:
-        cmd = [sys.executable, "-m", "sskt.cli", "train", *argv]
-        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
-
-
 # --- running --------------------------------------------------------------------------------------------------
 @dataclass
 class GridResult:
@@ -292,6 +269,20 @@ class GridResult:
     skipped: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
     failed: dict[str, int] = field(default_factory=dict)
+    busy: list[str] = field(default_factory=list)
+    """Cells another live grid process was running: left to it."""
+
+
+def select(cells: list[Cell], only: list[str] | None = None, seed_major: bool = False) -> list[Cell]:
+    """The cells whose names match one of the ``only`` globs (all when None), ordered by seed first when
+    ``seed_major`` (every setting gets seed 0 before any gets seed 1: a grid stopped early is still balanced)."""
+    if only:
+        picked = [c for c in cells if any(fnmatch.fnmatchcase(c.name, pattern) for pattern in only)]
+        if not picked:
+            raise UserError(f"--only {','.join(only)} matches no cell; cells: {', '.join(c.name for c in cells[:6])}"
+                            + (", ..." if len(cells) > 6 else ""))  # fmt: skip
+        cells = picked
+    return sorted(cells, key=lambda c: c.seed) if seed_major else cells
 
 
 def threads_per_cell(jobs: int) -> int:
@@ -300,25 +291,43 @@ def threads_per_cell(jobs: int) -> int:
 
 
 def run_grid(
-    grid: Grid, out: Path | None = None, jobs: int = 1, runner: CellRunner = subprocess_runner, console: Any = None
+    grid: Grid,
+    out: Path | None = None,
+    jobs: int = 1,
+    runner: CellRunner = subprocess_runner,
+    console: Any = None,
+    cells: list[Cell] | None = None,
 ) -> GridResult:
-    """Run every cell not yet done, ``jobs`` at a time; a failing cell is reported and the rest go on."""
+    """Run every cell (of ``cells``, default the whole grid) not yet done, ``jobs`` at a time; a failing cell is
+    reported and the rest go on. A cell locked by another live grid process is left to it."""
     console = console or Console(stderr=True)
     root, threads, result = out or grid.out, threads_per_cell(jobs), GridResult()
     todo = []
-    for cell in expand(grid):
-        state = cell_state(root / cell.name)
-        if state == "done":
+    for cell in expand(grid) if cells is None else cells:
+        if cell_state(root / cell.name) == "done":
             result.skipped.append(cell.name)
         else:
-            todo.append((cell, train_argv(cell, root / cell.name, threads, resume=state == "resume")))
+            todo.append(cell)
     console.print(f"grid: {len(todo)} cells to run, {len(result.skipped)} already done, {jobs} at a time -> {root}")
+
+    def run_cell(cell: Cell) -> int | str:
+        cell_dir = root / cell.name
+        if not claim(cell_dir):
+            return "busy"
+        try:
+            state = cell_state(cell_dir)  # again, under the lock: another process may have finished it meanwhile
+            if state == "done":
+                return "done"
+            return runner(train_argv(cell, cell_dir, threads, resume=state == "resume"), cell_dir, threads)
+        finally:
+            release(cell_dir)
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     pool = ThreadPoolExecutor(jobs)
     try:
         with Progress(*columns, TimeRemainingColumn(), console=console) as progress:
             task = progress.add_task("cells", total=len(todo))
-            futures = {pool.submit(runner, argv, root / cell.name, threads): cell for cell, argv in todo}
+            futures = {pool.submit(run_cell, cell): cell for cell in todo}
             for fut in as_completed(futures):
                 _record(result, futures[fut], _exit_code(fut), root, progress.console)
                 progress.advance(task)
@@ -328,27 +337,32 @@ def run_grid(
     return result
 
 
-def _record(result: GridResult, cell: Cell, code: int, root: Path, console: Console) -> None:
-    if code == 0:
+def _record(result: GridResult, cell: Cell, code: int | str, root: Path, console: Console) -> None:
+    if code == "busy":
+        result.busy.append(cell.name)
+    elif code == "done":
+        result.skipped.append(cell.name)
+    elif code == 0:
         result.finished.append(cell.name)
     else:
         result.failed[cell.name] = code
         console.print(f"[red]cell {cell.name} failed (exit {code}); log: {root / cell.name / 'grid.log'}")
 
 
-def _exit_code(fut: Any) -> int:
+def _exit_code(fut: Any) -> int | str:
     try:
-        return int(fut.result())
+        code = fut.result()
+        return code if isinstance(code, str) else int(code)
     except Exception as exc:  # a runner that raises counts as a failed cell; the grid goes on
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
 
-def dry_run(grid: Grid, out: Path | None = None, jobs: int = 1) -> list[str]:
+def dry_run(grid: Grid, out: Path | None = None, jobs: int = 1, cells: list[Cell] | None = None) -> list[str]:
     """One line per cell: its state and the command that would run it."""
     root, threads = out or grid.out, threads_per_cell(jobs)
     lines = []
-    for cell in expand(grid):
+    for cell in expand(grid) if cells is None else cells:
         state = cell_state(root / cell.name)
         argv = train_argv(cell, root / cell.name, threads, resume=state == "resume")
         lines.append(f"[{state}] {shlex.join(['python', '-m', 'sskt.cli', 'train', *argv])}")
@@ -356,21 +370,27 @@ def dry_run(grid: Grid, out: Path | None = None, jobs: int = 1) -> list[str]:
 
 
 def grid_main(argv: list[str] | None = None) -> int:
-    """``sskt grid --config GRID.yaml [--out DIR] [--jobs N] [--dry-run]``; exit status 1 if any cell failed."""
+    """``sskt grid --config GRID.yaml [--out DIR] [--jobs N] [--only GLOBS] [--seed-major] [--dry-run]``; exit
+    status 1 if any cell failed."""
     parser = argparse.ArgumentParser(prog="sskt grid", description="Run every cell of a grid of training runs.")
     parser.add_argument("--config", required=True, help="grid YAML file (base, axes, seeds, out)")
     parser.add_argument("--out", default=None, help="root of the cell directories (default: the grid's 'out')")
     parser.add_argument("--jobs", type=int, default=1, help="cells run in parallel; each gets cores/jobs threads")
+    parser.add_argument("--only", default=None, help="comma-separated globs of cell names to run ('kd-*,*-seed0')")
+    parser.add_argument("--seed-major", action="store_true", help="run every setting's seed 0 first, then seed 1...")
     parser.add_argument("--dry-run", action="store_true", help="print each cell's state and command, run nothing")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")
     grid = load_grid(args.config)
     out = Path(args.out) if args.out else None
+    cells = select(expand(grid), args.only.split(",") if args.only else None, args.seed_major)
     if args.dry_run:
-        print("\n".join(dry_run(grid, out, args.jobs)))
+        print("\n".join(dry_run(grid, out, args.jobs, cells)))
         return 0
-    result = run_grid(grid, out, args.jobs)
+    result = run_grid(grid, out, args.jobs, cells=cells)
+    if result.busy:
+        print(f"{len(result.busy)} cell(s) left to the grid process running them: {', '.join(result.busy)}")
     if result.failed:
         print(f"{len(result.failed)} cell(s) failed: {', '.join(sorted(result.failed))}", file=sys.stderr)
         return 1
