@@ -166,6 +166,12 @@ def test_a_cell_locked_by_a_live_process_is_left_to_it_and_a_dead_ones_lock_is_t
     assert result.busy == ["scratch-alpha1-seed0"] and "scratch-alpha1-seed0" not in runner.calls
     assert "scratch-alpha1-seed3" in result.finished and len(result.finished) == 7
     assert not (stale / LOCK).exists() and (busy / LOCK).exists()  # released after running; the live one kept
+    (busy / LOCK).unlink()
+    again = FakeRunner()
+    run_grid(grid, out, jobs=2, runner=again, threads=1)
+    assert list(again.calls) == ["scratch-alpha1-seed0"] and again.calls["scratch-alpha1-seed0"][-4:-2] == [
+        "--threads", "1"
+    ]  # fmt: skip
 
 
 def test_claim_is_exclusive_until_released(tmp_path: Path) -> None:

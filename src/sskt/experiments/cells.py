@@ -86,3 +86,11 @@ def subprocess_runner(argv: list[str], cell_dir: Path, threads: int) -> int:
     with open(cell_dir / "grid.log", "a") as log:
         cmd = [sys.executable, "-m", "sskt.cli", "train", *argv]
         return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
+
+
+def threads_per_cell(jobs: int, threads: int | None = None) -> int:
+    """CPU threads each of ``jobs`` parallel cells gets: ``threads`` when given, else the machine's cores shared
+    evenly, at least 1."""
+    if threads is not None:
+        return threads
+    return max(1, (os.cpu_count() or 1) // max(1, jobs))

@@ -29,7 +29,6 @@ import dataclasses
 import fnmatch
 import itertools
 import json
-import os
 import re
 import shlex
 import sys
@@ -53,7 +52,7 @@ from rich.progress import (
 
 from sskt.config import TrainConfig
 from sskt.errors import UserError, choice_error
-from sskt.experiments.cells import CellRunner, cell_state, claim, release, subprocess_runner
+from sskt.experiments.cells import CellRunner, cell_state, claim, release, subprocess_runner, threads_per_cell
 
 GRID_KEYS = ("base", "axes", "seeds", "out")
 COUPLED_KEYS = ("label", "config")
@@ -285,11 +284,6 @@ def select(cells: list[Cell], only: list[str] | None = None, seed_major: bool = 
     return sorted(cells, key=lambda c: c.seed) if seed_major else cells
 
 
-def threads_per_cell(jobs: int) -> int:
-    """CPU threads each of ``jobs`` parallel cells gets: the machine's cores shared evenly, at least 1."""
-    return max(1, (os.cpu_count() or 1) // max(1, jobs))
-
-
 def run_grid(
     grid: Grid,
     out: Path | None = None,
@@ -297,11 +291,12 @@ def run_grid(
     runner: CellRunner = subprocess_runner,
     console: Any = None,
     cells: list[Cell] | None = None,
+    threads: int | None = None,
 ) -> GridResult:
     """Run every cell (of ``cells``, default the whole grid) not yet done, ``jobs`` at a time; a failing cell is
     reported and the rest go on. A cell locked by another live grid process is left to it."""
     console = console or Console(stderr=True)
-    root, threads, result = out or grid.out, threads_per_cell(jobs), GridResult()
+    root, threads, result = out or grid.out, threads_per_cell(jobs, threads), GridResult()
     todo = []
     for cell in expand(grid) if cells is None else cells:
         if cell_state(root / cell.name) == "done":
@@ -376,19 +371,20 @@ def grid_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="grid YAML file (base, axes, seeds, out)")
     parser.add_argument("--out", default=None, help="root of the cell directories (default: the grid's 'out')")
     parser.add_argument("--jobs", type=int, default=1, help="cells run in parallel; each gets cores/jobs threads")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per cell (default: cores/jobs)")
     parser.add_argument("--only", default=None, help="comma-separated globs of cell names to run ('kd-*,*-seed0')")
     parser.add_argument("--seed-major", action="store_true", help="run every setting's seed 0 first, then seed 1...")
     parser.add_argument("--dry-run", action="store_true", help="print each cell's state and command, run nothing")
     args = parser.parse_args(argv)
-    if args.jobs < 1:
-        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.jobs < 1 or (args.threads is not None and args.threads < 1):
+        raise UserError(f"--jobs and --threads must be >= 1, got {args.jobs} and {args.threads}")
     grid = load_grid(args.config)
     out = Path(args.out) if args.out else None
     cells = select(expand(grid), args.only.split(",") if args.only else None, args.seed_major)
     if args.dry_run:
         print("\n".join(dry_run(grid, out, args.jobs, cells)))
         return 0
-    result = run_grid(grid, out, args.jobs, cells=cells)
+    result = run_grid(grid, out, args.jobs, cells=cells, threads=args.threads)
     if result.busy:
         print(f"{len(result.busy)} cell(s) left to the grid process running them: {', '.join(result.busy)}")
     if result.failed:
