@@ -44,7 +44,7 @@ class KD(SingleNetMethod):
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
         from sskt.models import build_target
-        from sskt.sources import build_source
+        from sskt.sources import SourceBank, build_source
 
         kd = self.cfg.method.kd
         if ctx.spec.task != "single_label":
@@ -58,6 +58,8 @@ class KD(SingleNetMethod):
                 f"KD teacher {kd.teacher!r} predicts {self.teacher.num_classes} classes; "
                 f"dataset {ctx.spec.name!r} has {ctx.spec.num_classes}"
             )
+        # The sources' fast path: inference mode, channels-last, chunks of source_chunk images on CPU.
+        self.bank = SourceBank({"teacher": self.teacher}, chunk=self.cfg.source_chunk)
         # Seed right before building so the target starts from the same weights as scratch with the same seed.
         torch.manual_seed(self.cfg.seed)
         self.net = build_target(self.cfg.model, ctx.spec.num_classes, {}, self.cfg.head)
@@ -65,13 +67,13 @@ class KD(SingleNetMethod):
     def setup(self, fabric) -> None:
         super().setup(fabric)
         # The teacher is frozen: on the device, outside Fabric's wrapping, never in an optimizer.
-        self.teacher = self.teacher.to(fabric.device)
+        self.bank = self.bank.to(fabric.device)
 
     def compute_loss(self, batch: Batch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         kd = self.cfg.method.kd
         images = batch.labeled_images
         with torch.no_grad(), self.fabric.autocast():
-            teacher_logits = self.teacher(images).float()
+            teacher_logits = self.bank(images)["teacher"].float()
         logits = self.net(images).logits
         loss, ce, distill = kd_objective(logits, teacher_logits, batch.labels, kd.temperature, kd.lam, kd.legacy)
         return loss, logits, {"ce_loss": ce.detach(), "kd_loss": distill.detach()}
