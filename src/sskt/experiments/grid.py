@@ -353,9 +353,11 @@ def _exit_code(fut: Any) -> int | str:
         return 1
 
 
-def dry_run(grid: Grid, out: Path | None = None, jobs: int = 1, cells: list[Cell] | None = None) -> list[str]:
+def dry_run(
+    grid: Grid, out: Path | None = None, jobs: int = 1, cells: list[Cell] | None = None, threads: int | None = None
+) -> list[str]:
     """One line per cell: its state and the command that would run it."""
-    root, threads = out or grid.out, threads_per_cell(jobs)
+    root, threads = out or grid.out, threads_per_cell(jobs, threads)
     lines = []
     for cell in expand(grid) if cells is None else cells:
         state = cell_state(root / cell.name)
@@ -382,7 +384,7 @@ def grid_main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else None
     cells = select(expand(grid), args.only.split(",") if args.only else None, args.seed_major)
     if args.dry_run:
-        print("\n".join(dry_run(grid, out, args.jobs, cells)))
+        print("\n".join(dry_run(grid, out, args.jobs, cells, args.threads)))
         return 0
     result = run_grid(grid, out, args.jobs, cells=cells, threads=args.threads)
     if result.busy:

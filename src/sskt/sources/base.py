@@ -237,21 +237,24 @@ class SourceBank(nn.Module):
         if not self.keys:
             return {}
         step = self.chunk_size(x)
-        if step < len(x):
-            parts = [self(x[i : i + step]) for i in range(0, len(x), step)]
-            return {k: torch.cat([p[k] for p in parts]) for k in self.keys}
-        out: dict[str, Tensor] = {}
         with torch.inference_mode():
-            pixels = self.sources[0].unnormalize(x)
-            for (size, factor), members in self.groups.items():
-                resized = resize(pixels, size, factor)
-                if self.channels_last:
-                    resized = resized.contiguous(memory_format=torch.channels_last)
-                for i in members:
-                    out[self.keys[i]] = self.sources[i].logits_from_pixels(resized)
+            parts = [self._logits(x[i : i + step]) for i in range(0, len(x), step)]
+            out = {k: parts[0][k] if len(parts) == 1 else torch.cat([p[k] for p in parts]) for k in self.keys}
         # Inference tensors cannot be saved for backward; a clone made outside inference mode is an ordinary tensor
         # that a loss may use as its target ([B, C_m]: negligible next to the forward).
         return {k: out[k].clone() for k in self.keys}
+
+    def _logits(self, x: Tensor) -> dict[str, Tensor]:
+        """Every source's logits for one chunk, under the caller's inference mode."""
+        out: dict[str, Tensor] = {}
+        pixels = self.sources[0].unnormalize(x)
+        for (size, factor), members in self.groups.items():
+            resized = resize(pixels, size, factor)
+            if self.channels_last:
+                resized = resized.contiguous(memory_format=torch.channels_last)
+            for i in members:
+                out[self.keys[i]] = self.sources[i].logits_from_pixels(resized)
+        return out
 
     def chunk_size(self, x: Tensor) -> int:
         """Images per source forward for batch ``x`` (see the class docstring)."""
