@@ -151,22 +151,35 @@ def test_a_failing_cell_is_reported_and_the_grid_goes_on(tmp_path: Path) -> None
     assert len(result.finished) == 6
 
 
-def test_a_cell_locked_by_a_live_process_is_left_to_it_and_a_dead_ones_lock_is_taken(tmp_path: Path) -> None:
+HOLD = "import sys, time; from pathlib import Path; from sskt.experiments.cells import claim; "
+HOLD += "assert claim(Path(sys.argv[1])); print('held', flush=True); time.sleep(60)"
+
+
+def _holder(cell: Path) -> subprocess.Popen:
+    """Another process that claims ``cell`` and holds it until killed."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(cell)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_cell_locked_by_a_live_process_is_left_to_it_and_a_dead_ones_lock_is_free(tmp_path: Path) -> None:
     grid = load_grid(_write_grid(tmp_path, GRID))
     out = tmp_path / "runs"
-    busy, stale = out / "scratch-alpha1-seed0", out / "scratch-alpha1-seed3"
-    busy.mkdir(parents=True)
-    stale.mkdir(parents=True)
-    (busy / LOCK).write_text(f"{socket.gethostname()} 1")  # pid 1 lives for as long as the machine does
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (stale / LOCK).write_text(f"{socket.gethostname()} {dead.pid}")
-    runner = FakeRunner()
-    result = run_grid(grid, out, jobs=2, runner=runner)
-    assert result.busy == ["scratch-alpha1-seed0"] and "scratch-alpha1-seed0" not in runner.calls
-    assert "scratch-alpha1-seed3" in result.finished and len(result.finished) == 7
-    assert not (stale / LOCK).exists() and (busy / LOCK).exists()  # released after running; the live one kept
-    (busy / LOCK).unlink()
+    busy, crashed = out / "scratch-alpha1-seed0", out / "scratch-alpha1-seed3"
+    holder = _holder(busy)
+    killed = _holder(crashed)
+    killed.kill()  # SIGKILL: no clean-up ran; its lock file stays, but the kernel dropped the lock
+    killed.wait()
+    assert (crashed / LOCK).exists()
+    try:
+        runner = FakeRunner()
+        result = run_grid(grid, out, jobs=2, runner=runner)
+        assert result.busy == ["scratch-alpha1-seed0"] and "scratch-alpha1-seed0" not in runner.calls
+        assert "scratch-alpha1-seed3" in result.finished and len(result.finished) == 7
+        assert not (crashed / LOCK).exists() and (busy / LOCK).exists()  # released after running; the live one kept
+    finally:
+        holder.kill()
+        holder.wait()
     again = FakeRunner()
     run_grid(grid, out, jobs=2, runner=again, threads=1)
     assert list(again.calls) == ["scratch-alpha1-seed0"] and again.calls["scratch-alpha1-seed0"][-4:-2] == [
@@ -176,17 +189,22 @@ def test_a_cell_locked_by_a_live_process_is_left_to_it_and_a_dead_ones_lock_is_t
 
 def test_claim_is_exclusive_until_released(tmp_path: Path) -> None:
     cell = tmp_path / "c"
-    assert claim(cell)
-    (cell / LOCK).write_text(f"{socket.gethostname()} 1")  # as if another live process had claimed it
-    assert not claim(cell)
-    release(cell)  # not ours: stays
-    assert (cell / LOCK).exists()
-    (cell / LOCK).write_text(f"elsewhere.example {os.getpid()}")  # another host: never taken over
-    assert not claim(cell)
-    (cell / LOCK).unlink()
     assert claim(cell) and not claim(cell)  # even the holder cannot claim it twice
+    assert (cell / LOCK).read_text() == f"{socket.gethostname()} {os.getpid()}"
     release(cell)
     assert not (cell / LOCK).exists()
+    (cell / LOCK).write_text("elsewhere.example 1")  # a lock file nobody holds (left by a crash) is free
+    assert claim(cell)
+    release(cell)
+    release(cell)  # releasing a cell this process does not hold does nothing
+    holder = _holder(cell)
+    try:
+        assert not claim(cell)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert claim(cell)
+    release(cell)
 
 
 def test_only_and_seed_major_pick_and_order_cells(tmp_path: Path) -> None:

@@ -1,13 +1,15 @@
 """One grid cell: its state on disk, the lock that lets several grid processes share one grid, and its process.
 
-A process claims a cell by creating ``<cell>/.grid.lock`` exclusively (``O_CREAT | O_EXCL``: atomic on a local
-or NFSv3+ file system) with its host name and pid. Another process that finds the lock skips the cell while that
-process lives; a lock left by a process that died on this host is stale and taken over. A lock from another host
-is always respected (its liveness cannot be checked from here): delete it by hand after a crash there.
+A process claims a cell by holding an exclusive ``flock`` on ``<cell>/.grid.lock`` (the file also names the holder's
+host and pid, for people). The kernel drops the lock when its process dies, however it dies, so a crashed grid
+leaves no stale lock to take over and there is no takeover race; on NFS, Linux maps ``flock`` to network-wide
+POSIX locks. The holder deletes the file while it still holds the lock, and a claimer checks that the file it
+locked is still the one at the path, so a claimer that opened the old file just before the delete cannot win too.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import subprocess
@@ -31,48 +33,41 @@ def cell_state(cell_dir: Path) -> str:
     return "new"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def _holder(lock: Path) -> tuple[str, int] | None:
-    try:
-        host, pid = lock.read_text().split()
-        return host, int(pid)
-    except (OSError, ValueError):
-        return None
+_HELD: dict[Path, int] = {}
+"""Lock file descriptors this process holds, by cell directory."""
 
 
 def claim(cell_dir: Path) -> bool:
-    """Take the cell's lock; False when a live process (or one on another host) holds it."""
+    """Take the cell's lock; False when another process (or another claim in this one) holds it."""
     cell_dir.mkdir(parents=True, exist_ok=True)
-    lock, me = cell_dir / LOCK, f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
+    lock = cell_dir / LOCK
+    for _ in range(8):
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _holder(lock)
-            if holder is not None and (holder[0] != socket.gethostname() or _alive(holder[1])):
-                return False
-            lock.unlink(missing_ok=True)  # stale (its process died) or unreadable: take it over
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:  # its holder deleted it between our open and our flock
+            same = False
+        if not same:
+            os.close(fd)
             continue
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{socket.gethostname()} {os.getpid()}".encode())
+        _HELD[cell_dir.resolve()] = fd
         return True
     return False
 
 
 def release(cell_dir: Path) -> None:
-    """Drop the lock if this process holds it."""
-    lock = cell_dir / LOCK
-    if _holder(lock) == (socket.gethostname(), os.getpid()):
-        lock.unlink(missing_ok=True)
+    """Drop the lock if this process holds it, deleting the file first (while still holding it)."""
+    fd = _HELD.pop(cell_dir.resolve(), None)
+    if fd is not None:
+        (cell_dir / LOCK).unlink(missing_ok=True)
+        os.close(fd)
 
 
 CellRunner = Callable[[list[str], Path, int], int]
