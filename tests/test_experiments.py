@@ -343,3 +343,23 @@ def test_report_without_runs_or_with_a_bad_metric_is_a_user_error(tmp_path: Path
     with pytest.raises(UserError, match="test_acc, test_loss"):
         write_report(tmp_path, metric="test_ac", plots=False)
     assert "final test_loss" in write_report(tmp_path, metric="test_loss", plots=False).read_text()
+
+
+def test_report_over_several_folders_pairs_a_search_with_scratch_elsewhere_and_counts_a_run_once(
+    tmp_path: Path,
+) -> None:
+    search, bench = tmp_path / "search", tmp_path / "bench"
+    for seed, v in enumerate(FINAL["sskt"]):
+        _fabricate(search, "sskt", seed, v)
+    for seed, v in enumerate(FINAL["scratch"]):
+        _fabricate(bench, "scratch", seed, v)
+    alone = write_report(search, tmp_path / "alone", plots=False).read_text()
+    assert "[" not in alone.split("| sskt |")[1].splitlines()[0]  # no scratch here: no paired interval
+    md = write_report([search, bench, bench / "scratch-seed0"], plots=False)
+    assert md == search / "report.md"  # written to the first folder
+    text = md.read_text()
+    assert "6 finished runs in 2 group(s)" in text  # scratch-seed0 named twice, counted once
+    mean = statistics.mean(a - b for a, b in zip(FINAL["sskt"], FINAL["scratch"], strict=True))
+    assert f"{mean:+.2f} [" in text
+    with pytest.raises(UserError, match="nowhere"):
+        write_report([search, tmp_path / "nowhere"])

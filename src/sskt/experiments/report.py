@@ -268,18 +268,31 @@ def write_plots(groups: Sequence[Group], rows: Sequence[Row], metric: str, out: 
 
 
 def write_report(
-    runs_dir: str | Path, out: str | Path | None = None, plots: bool = True, metric: str | None = None
+    runs_dir: str | Path | Sequence[str | Path],
+    out: str | Path | None = None,
+    plots: bool = True,
+    metric: str | None = None,
 ) -> Path:
-    """Read every finished run under ``runs_dir`` and write ``report.md``, ``report.csv`` and plots to ``out``
-    (default: ``runs_dir``); ``metric`` overrides the headline metric. Returns the path of ``report.md``."""
+    """Read every finished run under ``runs_dir`` (one folder, or several: e.g. a search's folder plus the benchmark's
+    scratch runs it should be compared with; a run found twice counts once) and write ``report.md``, ``report.csv``
+    and plots to ``out`` (default: the first folder); ``metric`` overrides the headline metric. Returns the path of
+    ``report.md``."""
     import csv
 
-    root = Path(runs_dir)
-    if not root.is_dir():
-        raise UserError(f"runs directory {str(root)!r} does not exist")
-    runs, unfinished = find_runs(root)
+    roots = [Path(runs_dir)] if isinstance(runs_dir, str | Path) else [Path(r) for r in runs_dir]
+    runs, unfinished, seen = [], [], set()
+    for root in roots:
+        if not root.is_dir():
+            raise UserError(f"runs directory {str(root)!r} does not exist")
+        found, left = find_runs(root)
+        for run in found:
+            if run.path.resolve() not in seen:
+                seen.add(run.path.resolve())
+                runs.append(run)
+        unfinished += [p for p in left if p not in unfinished]
+    root = roots[0]
     if not runs:
-        raise UserError(f"no finished runs (summary.json + config.yaml) under {str(root)!r}")
+        raise UserError(f"no finished runs (summary.json + config.yaml) under {', '.join(map(str, roots))}")
     dest = Path(out) if out else root
     dest.mkdir(parents=True, exist_ok=True)
     groups = group_runs(runs)
@@ -294,7 +307,8 @@ def write_report(
         writer.writeheader()
         writer.writerows(table)
     pictures = write_plots(groups, rows, metric, dest) if plots else []
-    text = _markdown(root, runs, unfinished, rows, metric, [p.relative_to(dest) for p in pictures])
+    names = ", ".join(map(str, roots))
+    text = _markdown(names, runs, unfinished, rows, metric, [p.relative_to(dest) for p in pictures])
     (dest / "report.md").write_text(text)
     return dest / "report.md"
 
@@ -307,7 +321,7 @@ _INTRO = (
 
 
 def _markdown(
-    root: Path, runs: list[Run], unfinished: list[Path], rows: list[Row], metric: str, pictures: list[Path]
+    root: str, runs: list[Run], unfinished: list[Path], rows: list[Row], metric: str, pictures: list[Path]
 ) -> str:
     lines = [f"# Report: {root}", ""]
     lines.append(f"{len(runs)} finished runs in {len(rows)} group(s) (runs that differ only in seed).")
@@ -327,10 +341,10 @@ def _markdown(
 
 
 def report_main(argv: list[str] | None = None) -> int:
-    """``sskt report RUNS_DIR [--out DIR] [--metric NAME] [--no-plots]``."""
+    """``sskt report RUNS_DIR [RUNS_DIR ...] [--out DIR] [--metric NAME] [--no-plots]``."""
     parser = argparse.ArgumentParser(prog="sskt report", description="Tables and plots from run directories.")
-    parser.add_argument("runs_dir", help="folder holding run directories (any depth)")
-    parser.add_argument("--out", default=None, help="where report.md, report.csv and plots go (default: RUNS_DIR)")
+    parser.add_argument("runs_dir", nargs="+", help="folders holding run directories (any depth)")
+    parser.add_argument("--out", default=None, help="where report.md, report.csv and plots go (default: the first)")
     parser.add_argument("--metric", default=None, help="headline metric (default: test_acc, else test AP/mAP)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     args = parser.parse_args(argv)
