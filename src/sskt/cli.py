@@ -12,6 +12,7 @@ anywhere on the command line shows the traceback instead.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -43,11 +44,17 @@ def train_parser() -> ArgumentParser:
     return parser
 
 
+@functools.cache
+def _cached_train_parser() -> ArgumentParser:
+    """Building the parser costs ~0.3 s; a grid checking its cells' configs parses dozens of command lines."""
+    return train_parser()
+
+
 def parse_train_args(argv: Sequence[str]) -> TrainConfig:
     """Parse ``sskt train`` arguments (presets first, then dotted overrides) into a TrainConfig."""
     from sskt.engine.config_io import config_from_dict
 
-    values = train_parser().parse_args(list(argv)).as_dict()
+    values = _cached_train_parser().parse_args(list(argv)).as_dict()
     values.pop("config", None)
     return config_from_dict(TrainConfig, values)
 

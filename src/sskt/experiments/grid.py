@@ -18,6 +18,7 @@ A string value may contain ``{seed}``, replaced by the cell's seed (``checkpoint
 
 Each cell runs ``python -m sskt.cli train`` in its own process (``out/<axis values>-seed<N>/``), so cells are
 isolated and can run side by side. A cell with ``summary.json`` is done and skipped; one with a checkpoint resumes.
+A cell run with other settings than the grid now gives stops the grid before it starts (``sskt.experiments.drift``).
 A running cell is locked (``sskt.experiments.cells``), so several grid processes, started at different times or
 on hosts sharing the folder, can work through one grid together without running a cell twice.
 """
@@ -51,8 +52,10 @@ from rich.progress import (
 )
 
 from sskt.config import TrainConfig
+from sskt.engine.config_io import flatten
 from sskt.errors import UserError, choice_error
 from sskt.experiments.cells import CellRunner, cell_state, claim, release, subprocess_runner, threads_per_cell
+from sskt.experiments.drift import cell_changes, check_cells
 
 GRID_KEYS = ("base", "axes", "seeds", "out")
 COUPLED_KEYS = ("label", "config")
@@ -81,18 +84,6 @@ class Grid:
 
 
 # --- reading ---------------------------------------------------------------------------------------------------
-def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings to dotted keys: ``{data: {batch_size: 64}}`` -> ``{"data.batch_size": 64}``."""
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
-
-
 def check_key(key: str) -> str:
     """Raise a UserError unless ``key`` is a dotted path to a field of ``TrainConfig``."""
     cls: Any = TrainConfig
@@ -297,8 +288,10 @@ def run_grid(
     reported and the rest go on. A cell locked by another live grid process is left to it."""
     console = console or Console(stderr=True)
     root, threads, result = out or grid.out, threads_per_cell(jobs, threads), GridResult()
+    cells = expand(grid) if cells is None else cells
+    check_cells([(c.name, train_argv(c, root / c.name), root / c.name) for c in cells], cell_state)
     todo = []
-    for cell in expand(grid) if cells is None else cells:
+    for cell in cells:
         if cell_state(root / cell.name) == "done":
             result.skipped.append(cell.name)
         else:
@@ -356,12 +349,15 @@ def _exit_code(fut: Any) -> int | str:
 def dry_run(
     grid: Grid, out: Path | None = None, jobs: int = 1, cells: list[Cell] | None = None, threads: int | None = None
 ) -> list[str]:
-    """One line per cell: its state and the command that would run it."""
+    """One line per cell: its state ('changed': run with other settings than the grid gives now, see
+    ``sskt.experiments.drift``) and the command that would run it."""
     root, threads = out or grid.out, threads_per_cell(jobs, threads)
     lines = []
     for cell in expand(grid) if cells is None else cells:
         state = cell_state(root / cell.name)
         argv = train_argv(cell, root / cell.name, threads, resume=state == "resume")
+        if state != "new" and (root / cell.name / "config.yaml").is_file() and cell_changes(argv, root / cell.name):
+            state = "changed"
         lines.append(f"[{state}] {shlex.join(['python', '-m', 'sskt.cli', 'train', *argv])}")
     return lines
 

@@ -1,0 +1,76 @@
+"""A grid refuses to skip or resume a cell whose run used other settings than the grid gives now."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sskt.cli import parse_train_args
+from sskt.engine.config_io import save_config
+from sskt.errors import UserError
+from sskt.experiments.drift import config_changes
+from sskt.experiments.grid import dry_run, expand, load_grid, run_grid, train_argv
+
+GRID = {
+    "base": [{"epochs": 2, "data.labels_per_class": 10, "method.name": "sskt", "optim.lr": 0.05}],
+    "axes": {"method.alpha": [0.5, 1.0]},
+    "seeds": [0],
+}
+
+
+def _grid(tmp_path: Path, **changes: object) -> Path:
+    raw = {**GRID, "base": [{**GRID["base"][0], **changes}]}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _finish_cells(grid_path: Path, out: Path) -> None:
+    """Stand-ins for finished runs: each cell's resolved config.yaml (as ``sskt train`` writes it) and a summary."""
+    for cell in expand(load_grid(grid_path)):
+        cell_dir = out / cell.name
+        cell_dir.mkdir(parents=True)
+        save_config(parse_train_args(train_argv(cell, cell_dir, threads=1)), cell_dir / "config.yaml")
+        (cell_dir / "summary.json").write_text("{}")
+
+
+def _no_runs(argv: list[str], cell_dir: Path, threads: int) -> int:
+    raise AssertionError(f"no cell should run, but {cell_dir.name} did")
+
+
+def test_changes_name_the_field_and_ignore_where_and_how_fast() -> None:
+    stored = {"out": "a", "threads": 1, "method": {"alpha": 1.0, "name": "sskt"}, "data": {"root": "/x", "seed": 0}}
+    now = {"out": "b", "threads": 2, "method": {"alpha": 0.5, "name": "sskt"}, "data": {"root": "/y", "seed": 0}}
+    assert config_changes(stored, now) == ["method.alpha: 1.0 -> 0.5"]
+    assert config_changes(stored, stored) == []
+
+
+def test_unchanged_finished_cells_are_skipped(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    _finish_cells(_grid(tmp_path), out)
+    result = run_grid(load_grid(_grid(tmp_path)), out, runner=_no_runs)
+    assert sorted(result.skipped) == ["alpha0.5-seed0", "alpha1.0-seed0"]
+
+
+def test_a_changed_base_stops_the_grid_before_any_cell_runs(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    _finish_cells(_grid(tmp_path), out)
+    changed = load_grid(_grid(tmp_path, **{"optim.lr": 0.1}))
+    stale = r"2 cell\(s\) ran with other settings.*alpha0\.5-seed0 \(optim\.lr: 0\.05 -> 0\.1\)"
+    with pytest.raises(UserError, match=stale):
+        run_grid(changed, out, runner=_no_runs)
+    lines = dry_run(changed, out)
+    assert len(lines) == 2 and all(line.startswith("[changed]") for line in lines)
+
+
+def test_an_interrupted_cell_with_other_settings_is_not_resumed(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    _finish_cells(_grid(tmp_path), out)
+    cell = out / "alpha1.0-seed0"
+    (cell / "summary.json").unlink()
+    (cell / "records.jsonl").write_text('{"epoch": 1}\n')
+    (out / "alpha0.5-seed0" / "config.yaml").write_text("no_such_field: 1\n")  # written by another version
+    with pytest.raises(UserError, match=r"alpha0\.5-seed0 \(config\.yaml no longer reads.*alpha1\.0-seed0 \(epochs"):
+        run_grid(load_grid(_grid(tmp_path, epochs=3)), out, runner=_no_runs)
