@@ -363,3 +363,14 @@ def test_report_over_several_folders_pairs_a_search_with_scratch_elsewhere_and_c
     assert f"{mean:+.2f} [" in text
     with pytest.raises(UserError, match="nowhere"):
         write_report([search, tmp_path / "nowhere"])
+
+
+def test_an_axis_set_by_more_than_two_keys_is_named_setting(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    _fabricate(runs, "scratch", 0, 80.0)
+    _fabricate(runs, "sskt", 0, 81.0)
+    tm = _fabricate(tmp_path / "other", "sskt", 0, 82.0, head="tm")
+    tm.rename(runs / "sskt_tm-seed0")  # method.name, sources and head.kind vary along one axis of cell names
+    text = write_report(runs, tmp_path / "rep").read_text()
+    assert sorted(p.name for p in (tmp_path / "rep").glob("bars_*.png")) == ["bars_setting.png"]
+    assert "(bars_setting.png)" in text
