@@ -374,3 +374,18 @@ def test_an_axis_set_by_more_than_two_keys_is_named_setting(tmp_path: Path) -> N
     text = write_report(runs, tmp_path / "rep").read_text()
     assert sorted(p.name for p in (tmp_path / "rep").glob("bars_*.png")) == ["bars_setting.png"]
     assert "(bars_setting.png)" in text
+
+
+def test_runs_whose_teacher_path_names_their_own_seed_are_one_setting(tmp_path: Path) -> None:
+    runs = []
+    for seed in (0, 1, 12):
+        run = _fabricate(tmp_path, "kd", seed, 80.0 + seed)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["method"]["kd"]["teacher"] = f"checkpoint:runs/teachers/t-seed{seed}"
+        (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        runs.append(load_run(run))
+    assert len(group_runs(runs)) == 1
+    config = yaml.safe_load((tmp_path / "kd-seed1" / "config.yaml").read_text())
+    config["method"]["kd"]["teacher"] = "checkpoint:runs/teachers/t-seed2"  # another seed's teacher: not a replicate
+    (tmp_path / "kd-seed1" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert len(group_runs([runs[0], load_run(tmp_path / "kd-seed1"), runs[2]])) == 2

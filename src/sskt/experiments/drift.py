@@ -15,9 +15,11 @@ from typing import Any
 from sskt.config import TrainConfig
 from sskt.engine.config_io import flatten
 from sskt.errors import UserError
+from sskt.experiments.runs import NON_SETTING_KEYS
 
-IGNORED = ("out", "resume", "progress", "threads", "data.root", "data.download", "data.num_workers", "cache.dir")
-"""Fields that say where a run lives or how fast it goes, not what it computes."""
+IGNORED = NON_SETTING_KEYS - {"seed"}
+"""Fields that say where a run lives or how fast it goes, not what it computes (the report's list, but a cell's
+seed is part of what it computes)."""
 
 
 def config_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,13 @@ class Run:
         """Config keys that change results. Fields added to TrainConfig after a run was made take their default
         here: new fields are additive, so their default is what that run did."""
         merged = {**_default_config(), **self.config}
-        return {k: v for k, v in merged.items() if k not in NON_SETTING_KEYS}
+        return {k: _unseeded(v, self.seed) for k, v in merged.items() if k not in NON_SETTING_KEYS}
+
+
+def _unseeded(value: Any, seed: int) -> Any:
+    """A path naming the run's own seed (a grid's ``{seed}``, such as the KD teacher trained with the same seed:
+    ``.../teacher-seed3``) is the same setting at every seed: write it back as ``seed{seed}``."""
+    return re.sub(rf"seed{seed}(?!\d)", "seed{seed}", value) if isinstance(value, str) else value
 
 
 @functools.cache
