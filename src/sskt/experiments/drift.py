@@ -44,14 +44,19 @@ def cell_changes(argv: list[str], cell_dir: Path) -> list[str]:
     return config_changes(config_to_dict(stored), config_to_dict(parse_train_args(argv)))
 
 
+def changes_if_run(argv: list[str], cell_dir: Path, state: str) -> list[str]:
+    """``cell_changes`` for a cell that is done or interrupted (``state``) and has a ``config.yaml``; [] otherwise."""
+    if state == "new" or not (cell_dir / "config.yaml").is_file():
+        return []
+    return cell_changes(argv, cell_dir)
+
+
 def check_cells(cells: list[tuple[str, list[str], Path]], state: Callable[[Path], str]) -> None:
     """Raise a one-line UserError naming every (name, argv, dir) cell that is done or interrupted with other
     settings than ``argv`` gives now; new cells and cells without a ``config.yaml`` pass."""
     stale = []
     for name, argv, cell_dir in cells:
-        if state(cell_dir) == "new" or not (cell_dir / "config.yaml").is_file():
-            continue
-        changes = cell_changes(argv, cell_dir)
+        changes = changes_if_run(argv, cell_dir, state(cell_dir))
         if changes:
             more = f" (+{len(changes) - 2} more)" if len(changes) > 2 else ""
             stale.append(f"{name} ({'; '.join(changes[:2])}{more})")

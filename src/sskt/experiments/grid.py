@@ -55,7 +55,7 @@ from sskt.config import TrainConfig
 from sskt.engine.config_io import flatten
 from sskt.errors import UserError, choice_error
 from sskt.experiments.cells import CellRunner, cell_state, claim, release, subprocess_runner, threads_per_cell
-from sskt.experiments.drift import cell_changes, check_cells
+from sskt.experiments.drift import changes_if_run, check_cells
 
 GRID_KEYS = ("base", "axes", "seeds", "out")
 COUPLED_KEYS = ("label", "config")
@@ -356,7 +356,7 @@ def dry_run(
     for cell in expand(grid) if cells is None else cells:
         state = cell_state(root / cell.name)
         argv = train_argv(cell, root / cell.name, threads, resume=state == "resume")
-        if state != "new" and (root / cell.name / "config.yaml").is_file() and cell_changes(argv, root / cell.name):
+        if changes_if_run(argv, root / cell.name, state):
             state = "changed"
         lines.append(f"[{state}] {shlex.join(['python', '-m', 'sskt.cli', 'train', *argv])}")
     return lines

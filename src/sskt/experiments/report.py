@@ -110,8 +110,10 @@ def _axis_name(groups: Sequence[Group], values: list[str], keys: list[str], i: i
     # sources[0].name and sources[0].bn_mode name one axis 'sources'; the method leads when it is among them
     found = list(dict.fromkeys(re.sub(r"\[\d+\].*$", "", k) for k in found))
     found.sort(key=lambda k: k != "method.name")
+    if not found:
+        return f"axis{i + 1}"
     # more than two keys: a coupled grid axis of named settings (the grid file's axis name is not in the runs)
-    return "+".join(found) if 0 < len(found) <= 2 else "setting" if found else f"axis{i + 1}"
+    return "+".join(found) if len(found) <= 2 else "setting"
 
 
 def _short(value: Any) -> str:
