@@ -359,6 +359,7 @@ def test_report_over_several_folders_pairs_a_search_with_scratch_elsewhere_and_c
     assert md == search / "report.md"  # written to the first folder
     text = md.read_text()
     assert "6 finished runs in 2 group(s)" in text  # scratch-seed0 named twice, counted once
+    assert "add up to 0.2 h" in text  # each seed's fabricated run lasts 1, 2, 3 min: 2 x 6 min = 0.2 h
     mean = statistics.mean(a - b for a, b in zip(FINAL["sskt"], FINAL["scratch"], strict=True))
     assert f"{mean:+.2f} [" in text
     with pytest.raises(UserError, match="nowhere"):

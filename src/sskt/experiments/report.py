@@ -328,6 +328,8 @@ def _markdown(
 ) -> str:
     lines = [f"# Report: {root}", ""]
     lines.append(f"{len(runs)} finished runs in {len(rows)} group(s) (runs that differ only in seed).")
+    hours = sum(r.summary.get("wall_seconds") or 0.0 for r in runs) / 3600
+    lines.append(f"Their wall times add up to {hours:.1f} h (runs that shared the machine count in full each).")
     if unfinished:
         lines.append(f"{len(unfinished)} unfinished run directories ignored: {', '.join(p.name for p in unfinished)}")
     lines += ["", _INTRO.format(metric=metric), "", markdown_table(rows, metric), ""]
