@@ -109,7 +109,10 @@ class DMLConfig:
     """Recompute each updated peer's prediction before the next peer's update (the paper's Algorithm 1). False uses
     every peer's prediction from before the batch's updates. On Fashion-MNIST with 50 labels per class, two ResNet20
     peers at lr 0.05 diverged with True (target train CE 2.79 -> 4.39 over two epochs) and learned with False
-    (2.54 -> 2.06, scratch 2.32 -> 1.90)."""
+    (2.54 -> 2.06, scratch 2.32 -> 1.90). The cause, traced step by step by ``benchmarks/dml_order.py``: with the
+    peer matching the target's prediction right after the target's step, both networks lock onto one predicted class
+    within the first ~15 steps and spend the next ~15 getting out; a learning-rate warm-up only delays it. Use False
+    when an epoch has few steps at a high learning rate."""
 
 
 @dataclass
