@@ -14,7 +14,6 @@ classes. Prints a table, saves a plot of the per-step traces and, with ``--json 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import sys
@@ -36,7 +35,8 @@ TRACES: list[dict[str, float]] = []
 
 @METHODS.register("dml_traced")
 class TracedDML(DML):
-    """DML that appends the target's pre-update prediction statistics on every batch to ``TRACES``."""
+    """DML that appends the target's pre-update prediction statistics on every batch to ``TRACES``. The extra
+    target forward this costs (the step's own forward is inside ``DML.training_step``) is fine for a diagnostic."""
 
     def training_step(self, batch):
         with torch.no_grad():
@@ -65,9 +65,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def run_order(args: argparse.Namespace, alternate: bool, out: Path) -> dict:
     cell = next(c for c in expand(load_grid(GRID)) if c.name == f"dml-seed{args.seed}")
-    cfg = parse_train_args(train_argv(cell, out, threads=args.threads))
-    cfg = dataclasses.replace(cfg, epochs=args.epochs, eval_every=args.epochs)
-    cfg.method.name, cfg.method.dml.alternate, cfg.optim.warmup_epochs = "dml_traced", alternate, args.warmup
+    overrides = {
+        "method.name": "dml_traced",
+        "method.dml.alternate": str(alternate).lower(),
+        "optim.warmup_epochs": args.warmup,
+        "epochs": args.epochs,
+        "eval_every": args.epochs,
+    }
+    argv = train_argv(cell, out, threads=args.threads) + [a for k, v in overrides.items() for a in (f"--{k}", str(v))]
+    cfg = parse_train_args(argv)
     TRACES.clear()
     summary = train(cfg)
     steps = list(TRACES)
