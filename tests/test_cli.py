@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,29 @@ def test_console_script_in_a_real_process() -> None:
     bad = subprocess.run([*cmd, "train", "--model.name", "resnet7"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr and "resnet20" in bad.stderr
+
+
+def test_tiny_run_with_a_validation_split_selects_on_it(capsys, tmp_path, small_fmnist) -> None:
+    """The acceptance run: ``--data.val_per_class 2`` records val_acc every evaluation and chooses 'best' on it."""
+    out = tmp_path / "run"
+    argv = ["train", "--data.root", str(small_fmnist), "--data.download", "false", "--data.labels_per_class", "5"]
+    argv += ["--data.val_per_class", "2", "--data.batch_size", "25", "--epochs", "3", "--optim.schedule", "cosine"]
+    argv += ["--accelerator", "cpu", "--progress", "false", "--out", str(out)]
+    assert main(argv) == 0
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert all("val_acc" in r and "test_acc" in r for r in records)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["selected_by"] == "val_acc"
+    chosen = records[summary["best_epoch"] - 1]
+    assert chosen["val_acc"] == max(r["val_acc"] for r in records)
+    assert summary["best"]["test_acc"] == chosen["test_acc"] and summary["best"]["val_acc"] == chosen["val_acc"]
+
+
+def test_run_without_a_validation_split_has_no_best(capsys, tmp_path, small_fmnist) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--data.root", str(small_fmnist), "--data.download", "false", "--data.labels_per_class", "5"]
+    argv += ["--epochs", "2", "--accelerator", "cpu", "--progress", "false", "--out", str(out)]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert "best" not in summary and "selected_by" not in summary
+    assert summary["best_test_oracle_epoch"] in (1, 2) and "test_acc" in summary["best_test_oracle"]

@@ -262,12 +262,12 @@ def test_bad_unlabeled_settings_are_user_errors(data: dict, message: str) -> Non
 class FixedViews:
     """A view provider that always stores the unaugmented view and logits equal to the sample index."""
 
-    def __init__(self, num_params: int) -> None:
-        self.num_params, self.splits = num_params, []
+    def __init__(self, num_params: int, padding: int = 4) -> None:
+        self.num_params, self.padding, self.splits = num_params, padding, []
 
     def lookup(self, indices, generator, split="train"):
         self.splits.append(split)
-        params = torch.full((len(indices), self.num_params), 1, dtype=torch.long)
+        params = torch.full((len(indices), self.num_params), self.padding, dtype=torch.long)
         params[:, -1] = 0
         return params, {"src": indices.float()[:, None].repeat(1, 4)}
 
@@ -295,3 +295,63 @@ def test_eval_batches_cover_split_unaugmented() -> None:
     none = build_augment(spec, "none")
     expected = normalize(none.apply(spec.train.images, none.identity_params(len(spec.train))), spec.mean, spec.std)
     assert torch.equal(images, expected)
+
+
+# --- the validation split ---------------------------------------------------------------------------------------
+def test_validation_split_is_held_out_before_labelled_and_unlabelled_images() -> None:
+    spec = toy_spec(per_class=(12, 10, 14))
+    streams = [
+        TrainStream(spec, train_cfg(val_per_class=2, labels_per_class=3, unlabeled="rest", unlabeled_ratio=1))
+        for _ in range(2)
+    ]
+    for seed, stream in zip((3, 8), streams, strict=True):
+        stream.seed = seed
+    val = streams[0].val_indices
+    assert torch.bincount(spec.train.labels[val]).tolist() == [2, 2, 2]
+    for stream in streams:
+        labelled, rest = set(stream.labeled_indices.tolist()), set(stream.unlabeled.indices.tolist())
+        assert not labelled & set(val.tolist()) and not rest & set(val.tolist()) and not labelled & rest
+        assert len(labelled | rest | set(val.tolist())) == len(spec.train)
+        # No epoch's batch (labelled or unlabelled rows) ever holds a validation image; nor do precise-BN batches,
+        # which are the stream's own batches.
+        rows = torch.cat([b.indices for e in range(3) for b in stream.epoch(e)])
+        assert not set(rows.tolist()) & set(val.tolist())
+
+
+def test_validation_split_depends_on_val_seed_only() -> None:
+    spec = toy_spec(per_class=(12, 10, 14))
+
+    def val(**data) -> list[int]:
+        return TrainStream(spec, train_cfg(**{"val_per_class": 2, "labels_per_class": 3, **data})).val_indices.tolist()
+
+    assert val() == val(subset_seed=11) == val(labels_per_class=5)
+    run_seed = train_cfg(val_per_class=2)
+    run_seed.seed = 99
+    assert TrainStream(spec, run_seed).val_indices.tolist() == val()
+    assert val(val_seed=1) != val()
+
+
+def test_no_validation_split_leaves_the_labelled_subset_as_before() -> None:
+    spec = toy_spec(per_class=(12, 10, 14))
+    stream = TrainStream(spec, train_cfg(labels_per_class=3))
+    assert len(stream.val_indices) == 0
+    assert torch.equal(stream.labeled_indices, labeled_subset(spec.train.labels, 3, 3))
+
+
+def test_validation_split_too_large_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="data.val_per_class=11"):
+        TrainStream(toy_spec(per_class=(12, 10, 14)), train_cfg(val_per_class=11))
+    with pytest.raises(UserError, match="labels_per_class=9 is out of range; valid: 1..8"):
+        TrainStream(toy_spec(per_class=(12, 10, 14)), train_cfg(val_per_class=2, labels_per_class=9))
+
+
+def test_crop_padding_is_4_px_at_every_size_and_configurable() -> None:
+    for side in (32, 96):
+        aug = build_augment(toy_spec(size=side, side=side), "default")
+        assert aug.ops[-2].padding == 4, "the released code pads STL10's 96 px images by 4, not size // 8"
+        params = aug.sample(500, torch.Generator().manual_seed(0))
+        assert params[:, :2].min() == 0 and params[:, :2].max() == 8
+    wide = build_augment(toy_spec(size=32, side=32), "default", padding=6)
+    assert wide.ops[-2].padding == 6 and wide.identity_params(1)[0, :2].tolist() == [6, 6]
+    stream = TrainStream(toy_spec(size=32, side=32), train_cfg(crop_padding=2))
+    assert stream.augment.ops[-2].padding == 2

@@ -18,6 +18,7 @@ import yaml
 
 from sskt.config import SourceConfig, TrainConfig
 from sskt.errors import UserError
+from sskt.experiments import curves
 from sskt.experiments.cells import LOCK, claim, release
 from sskt.experiments.grid import expand, grid_main, load_grid, parse_grid, run_grid, select, train_argv
 from sskt.experiments.report import group_runs, scratch_counterpart, write_report
@@ -263,7 +264,10 @@ def test_t_quantile_leaves_2_5_percent_in_each_tail(df: int) -> None:
 FINAL = {"scratch": [80.0, 81.0, 82.5], "sskt": [81.0, 82.0, 84.0]}
 
 
-def _fabricate(root: Path, method: str, seed: int, final: float, head: str = "linear") -> Path:
+def _fabricate(root: Path, method: str, seed: int, final: float, head: str = "linear", val: bool = False) -> Path:
+    """A finished run directory. ``val``: today's summary with a validation-chosen 'best' (test acc final - 0.5 at
+    epoch 2, where val_acc peaks); else the layout of runs made before the validation split, whose 'best' was
+    chosen on the test set (final + 1)."""
     cfg = TrainConfig(seed=seed, epochs=3, out=str(root / f"{method}-seed{seed}"))
     cfg.method.name = method
     if method != "scratch":
@@ -278,6 +282,17 @@ def _fabricate(root: Path, method: str, seed: int, final: float, head: str = "li
         "final": {"test_acc": final, "test_loss": 0.5},
         "best": {"test_acc": final + 1},
         "best_epoch": 2,
+    }
+    if val:
+        summary = {
+            "final": {"val_acc": 70.0, "test_acc": final, "test_loss": 0.5},
+            "best": {"val_acc": 75.0 + (method == "sskt"), "test_acc": final - 0.5, "test_loss": 0.6},
+            "best_epoch": 2,
+            "selected_by": "val_acc",
+            "best_test_oracle": {"val_acc": 70.0, "test_acc": final + 1, "test_loss": 0.5},
+            "best_test_oracle_epoch": 3,
+        }
+    summary |= {
         "wall_seconds": 60.0 * (seed + 1),
         "seed": seed,
         "git_commit": "abc123def4567890",
@@ -334,6 +349,31 @@ def test_report_files_from_fabricated_runs(tmp_path: Path) -> None:
     assert pngs == ["bars_method.name+sources.png", "curves_test_acc.png"]
     assert all((tmp_path / "rep" / p).stat().st_size > 1000 for p in pngs)
     assert all(f"({p})" in text for p in pngs)
+
+
+def test_report_labels_test_chosen_figures_as_oracles(tmp_path: Path) -> None:
+    """Runs made before the validation split: their 'best' was chosen on the test set, and the report says so."""
+    for method, values in FINAL.items():
+        for seed, v in enumerate(values):
+            _fabricate(tmp_path / "old", method, seed, v)
+    text = write_report(tmp_path / "old", plots=False).read_text()
+    assert "oracle test_acc (best test epoch)" in text and "oracle - scratch" in text
+    assert "val-chosen" not in text.split("## Provenance")[0].split("|", 1)[1]
+    assert "No run held out a validation split" in text
+
+
+def test_report_shows_the_validation_chosen_epoch_and_what_chose_it(tmp_path: Path) -> None:
+    for method, values in FINAL.items():
+        for seed, v in enumerate(values):
+            _fabricate(tmp_path / "new", method, seed, v, val=True)
+    text = write_report(tmp_path / "new", plots=False).read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| group"))
+    assert "test_acc at val-chosen epoch" in header and "val_acc (chooses)" in header and "oracle" not in header
+    chosen = summarize([v - 0.5 for v in FINAL["sskt"]])
+    assert f"{chosen.mean:.2f} +- {chosen.std:.2f} (3)" in text
+    assert "Chosen by validation: **sskt**" in text
+    rows = curves.run_rows([tmp_path / "new" / "sskt-seed0"])
+    assert rows[0]["best"] == FINAL["sskt"][0] - 0.5 and rows[0]["oracle"] == FINAL["sskt"][0] + 1
 
 
 def test_report_without_runs_or_with_a_bad_metric_is_a_user_error(tmp_path: Path) -> None:

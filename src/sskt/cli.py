@@ -64,7 +64,8 @@ def train_command(argv: list[str]) -> int:
 
     cfg = parse_train_args(argv)
     summary = train(cfg)
-    print(json.dumps({"out": cfg.out, "final": summary["final"], "best": summary["best"]}))
+    chosen = {k: summary[k] for k in ("best", "best_epoch", "selected_by") if k in summary}
+    print(json.dumps({"out": cfg.out, "final": summary["final"], **chosen}))
     return 0
 
 

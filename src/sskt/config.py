@@ -22,8 +22,17 @@ class DataConfig:
     """Keep only N labelled training images per class (stratified, chosen by subset_seed); None keeps all."""
     subset_seed: int | None = None
     """Seed choosing the labelled subset; None uses the run seed, so every method sees the same subset."""
+    val_per_class: int | None = None
+    """Hold out N labelled training images per class as a validation split, drawn before the labelled subset and
+    the unlabelled pool (never trained on, never unlabelled, never used for precise BN). It chooses the best epoch
+    (summary 'best', 'selected_by'); None holds out nothing, and the summary then has no validation-chosen best."""
+    val_seed: int = 0
+    """Seed choosing the validation split; independent of the run seed, so every method and seed share it."""
     augment: str = "default"
     """Augmentation preset: 'default' (the dataset's standard: random crop with padding + flip) or 'none'."""
+    crop_padding: int = 4
+    """Zero padding in px on every side before the default preset's random crop; 4 is the released code's
+    RandomCrop(size, padding=4), for STL10's 96 px images too."""
     image_size: int | None = None
     """Side length images are resized to on load (imagefolder); None keeps the dataset's native size."""
     batch_size: int = 128
@@ -37,8 +46,6 @@ class DataConfig:
     such as 'stl10:unlabeled', or a folder of images. None uses labelled images only."""
     unlabeled_ratio: int = 0
     """Unlabelled images per labelled image in a batch."""
-    unlabeled_primary: bool = False
-    """Pass unlabelled images through the primary head as well (they never enter the primary loss)."""
 
 
 @dataclass

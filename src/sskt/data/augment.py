@@ -18,6 +18,7 @@ from torch import Tensor
 
 from sskt.data.datasets import stored_shape
 from sskt.data.spec import DatasetSpec
+from sskt.errors import UserError
 from sskt.registry import Registry
 
 
@@ -161,8 +162,11 @@ class Normalize:
         return x * s + m
 
 
-# Presets: name -> factory(input (H, W), output side S) -> Augment.
+# Presets: name -> factory(input (H, W), output side S, crop padding) -> Augment.
 AUGMENTS: Registry[Augment] = Registry("augmentation preset")
+
+DEFAULT_PADDING = 4
+"""The released code's ``RandomCrop(size, padding=4)``, at every image size (STL10's 96 px too)."""
 
 
 def _fit(in_hw: tuple[int, int], size: int) -> list[AugOp]:
@@ -170,19 +174,24 @@ def _fit(in_hw: tuple[int, int], size: int) -> list[AugOp]:
 
 
 @AUGMENTS.register("default")
-def default_preset(in_hw: tuple[int, int], size: int) -> Augment:
-    """The standard recipe: fit to S, random crop with S/8 px zero padding (4 px at 32, 12 px at STL10's 96), flip."""
-    return Augment(_fit(in_hw, size) + [RandomCrop(size, padding=size // 8), HFlip()])
+def default_preset(in_hw: tuple[int, int], size: int, padding: int = DEFAULT_PADDING) -> Augment:
+    """The standard recipe: fit to S, random crop after ``padding`` px of zero padding (4 by default), flip."""
+    if padding < 0:
+        raise UserError(f"data.crop_padding must be >= 0, got {padding}")
+    return Augment(_fit(in_hw, size) + [RandomCrop(size, padding=padding), HFlip()])
 
 
 @AUGMENTS.register("none")
-def none_preset(in_hw: tuple[int, int], size: int) -> Augment:
+def none_preset(in_hw: tuple[int, int], size: int, padding: int = DEFAULT_PADDING) -> Augment:
     """No randomness: only fit to S (evaluation view)."""
     return Augment(_fit(in_hw, size))
 
 
-def build_augment(spec: DatasetSpec, name: str, in_hw: tuple[int, int] | None = None) -> Augment:
-    """The preset ``name`` for ``spec``'s images (or images of stored size ``in_hw``); unknown names: UserError."""
+def build_augment(
+    spec: DatasetSpec, name: str, in_hw: tuple[int, int] | None = None, padding: int = DEFAULT_PADDING
+) -> Augment:
+    """The preset ``name`` for ``spec``'s images (or images of stored size ``in_hw``), cropping after ``padding`` px
+    of zero padding (``data.crop_padding``); unknown names: UserError."""
     if in_hw is None:
         in_hw = stored_shape(spec.train)[-2:]
-    return AUGMENTS.create(name, in_hw=in_hw, size=spec.image_size)
+    return AUGMENTS.create(name, in_hw=in_hw, size=spec.image_size, padding=padding)

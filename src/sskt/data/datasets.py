@@ -57,6 +57,24 @@ class TensorImageSet:
         return self.images[index], int(self.labels[index])
 
 
+class SubsetImageSet:
+    """The images of ``split`` at ``indices`` (the validation split of the training images), as an ImageSet of its
+    own: ``images`` is gathered once for in-memory splits, lazy splits decode on access."""
+
+    def __init__(self, split: ImageSet, indices: Tensor) -> None:
+        self.split, self.indices = split, indices
+        self.labels = split.labels[indices]
+        images = getattr(split, "images", None)
+        if images is not None:
+            self.images = images[indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor | int]:
+        return self.split[int(self.indices[index])]
+
+
 def build_dataset(cfg: DataConfig) -> DatasetSpec:
     """Build the dataset named ``cfg.name``; unknown names raise a UserError listing the registered ones."""
     return DATASETS.create(cfg.name, cfg=cfg)

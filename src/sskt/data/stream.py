@@ -25,7 +25,7 @@ from sskt.data.augment import Augment, Normalize, build_augment
 from sskt.data.datasets import EXTRA_SPLITS, load_extra_split, stored_shape
 from sskt.data.folder import unlabeled_folder
 from sskt.data.spec import Batch, DatasetSpec, ImageSet
-from sskt.data.subsets import labeled_subset
+from sskt.data.subsets import labeled_after_validation, split_validation
 from sskt.errors import UserError
 
 
@@ -84,16 +84,34 @@ def read_batches(split: ImageSet, batches: list[Tensor], num_workers: int = 0, i
     yield from DataLoader(_BatchReader(split, batches), batch_size=None, num_workers=num_workers)
 
 
-def labeled_indices(spec: DatasetSpec, cfg: TrainConfig) -> Tensor:
-    """The labelled training indices (sorted int64): all, or ``labels_per_class`` per class chosen by subset_seed."""
+@dataclass
+class TrainSplit:
+    """How the training images divide: the validation split (held out first, by ``data.val_seed``), the labelled
+    subset chosen among the rest, and everything else (candidates for ``data.unlabeled='rest'``)."""
+
+    val: Tensor
+    labeled: Tensor
+    rest: Tensor
+
+
+def train_split(spec: DatasetSpec, cfg: TrainConfig) -> TrainSplit:
+    """The validation split, then the labelled training indices (all remaining, or ``labels_per_class`` per class
+    chosen by subset_seed), then the rest; each sorted int64 dataset indices into ``spec.train``."""
     data = cfg.data
-    if data.labels_per_class is None:
-        return torch.arange(len(spec.train))
+    val, remaining = split_validation(spec.train.labels, data.val_per_class, data.val_seed)
     seed = cfg.seed if data.subset_seed is None else data.subset_seed
-    return labeled_subset(spec.train.labels, data.labels_per_class, seed)
+    labeled = labeled_after_validation(spec.train.labels, remaining, data.labels_per_class, seed)
+    free = torch.ones(len(spec.train), dtype=torch.bool)
+    free[val], free[labeled] = False, False
+    return TrainSplit(val, labeled, free.nonzero().squeeze(1))
 
 
-def unlabeled_pool(spec: DatasetSpec, data: DataConfig, labeled: Tensor) -> Pool | None:
+def labeled_indices(spec: DatasetSpec, cfg: TrainConfig) -> Tensor:
+    """The labelled training indices (sorted int64), outside the validation split."""
+    return train_split(spec, cfg).labeled
+
+
+def unlabeled_pool(spec: DatasetSpec, data: DataConfig, rest: Tensor) -> Pool | None:
     """The unlabelled images named by ``data.unlabeled`` (None when unused); bad values are UserErrors."""
     if data.unlabeled is None:
         if data.unlabeled_ratio:
@@ -104,11 +122,14 @@ def unlabeled_pool(spec: DatasetSpec, data: DataConfig, labeled: Tensor) -> Pool
             f"data.unlabeled={data.unlabeled!r} needs data.unlabeled_ratio >= 1; got {data.unlabeled_ratio}"
         )
     hw = stored_shape(spec.train)[-2:]
+    pad = data.crop_padding
     if data.unlabeled == "rest":
-        rest = torch.ones(len(spec.train), dtype=torch.bool).index_fill_(0, labeled, False).nonzero().squeeze(1)
         if len(rest) == 0:
-            raise UserError("data.unlabeled='rest' is empty: every training image is labelled; set labels_per_class")
-        return Pool("train", spec.train, rest, build_augment(spec, data.augment))
+            raise UserError(
+                "data.unlabeled='rest' is empty: every training image is labelled or held out for validation; "
+                "set labels_per_class"
+            )
+        return Pool("train", spec.train, rest, build_augment(spec, data.augment, padding=pad))
     if data.unlabeled in EXTRA_SPLITS:
         name, split = data.unlabeled, load_extra_split(data.unlabeled, data)
     elif Path(data.unlabeled).expanduser().is_dir():
@@ -119,7 +140,7 @@ def unlabeled_pool(spec: DatasetSpec, data: DataConfig, labeled: Tensor) -> Pool
         raise UserError(f"unknown data.unlabeled {data.unlabeled!r}; valid choices: {valid}")
     if stored_shape(split)[-2:] != hw:
         raise UserError(f"data.unlabeled {data.unlabeled!r} has {stored_shape(split)[-2:]} px images; {spec.name} {hw}")
-    return Pool(name, split, torch.arange(len(split)), build_augment(spec, data.augment, in_hw=hw))
+    return Pool(name, split, torch.arange(len(split)), build_augment(spec, data.augment, in_hw=hw, padding=pad))
 
 
 def _cycle(members: Tensor, total: int, generator: torch.Generator) -> Tensor:
@@ -140,10 +161,11 @@ class TrainStream:
         self.spec, self.seed, self.batch_size = spec, cfg.seed, cfg.data.batch_size
         self.num_workers = cfg.data.num_workers
         self.device = None if device is None else torch.device(device)
-        self.augment = build_augment(spec, cfg.data.augment)
+        self.augment = build_augment(spec, cfg.data.augment, padding=cfg.data.crop_padding)
         self.normalize = Normalize(spec.mean, spec.std)
-        self.labeled = Pool("train", spec.train, labeled_indices(spec, cfg), self.augment)
-        self.unlabeled = unlabeled_pool(spec, cfg.data, self.labeled.indices)
+        self.split = train_split(spec, cfg)
+        self.labeled = Pool("train", spec.train, self.split.labeled, self.augment)
+        self.unlabeled = unlabeled_pool(spec, cfg.data, self.split.rest)
         self.ratio = cfg.data.unlabeled_ratio if self.unlabeled is not None else 0
         self.provider: ViewProvider | None = None
         self._resident: dict[str, Tensor] = {}
@@ -152,6 +174,11 @@ class TrainStream:
     def labeled_indices(self) -> Tensor:
         """Sorted int64 train indices of the labelled images."""
         return self.labeled.indices
+
+    @property
+    def val_indices(self) -> Tensor:
+        """Sorted int64 train indices of the validation split (empty without ``data.val_per_class``)."""
+        return self.split.val
 
     @property
     def unlabeled_name(self) -> str | None:

@@ -30,3 +30,31 @@ def labeled_subset(labels: Tensor, per_class: int, seed: int) -> Tensor:
     starts = torch.cumsum(counts, 0) - counts
     take = (starts[:, None] + torch.arange(per_class)).flatten()
     return torch.sort(by_class[take]).values
+
+
+def split_validation(labels: Tensor, per_class: int | None, seed: int) -> tuple[Tensor, Tensor]:
+    """``(validation, remaining)`` sorted int64 indices: ``per_class`` images of every class held out, chosen by
+    ``seed`` alone, and every other index. ``per_class`` None holds out nothing.
+
+    Drawn before the labelled subset and the unlabelled pool, from its own seed, so every method and every run seed
+    that shares ``seed`` shares the validation split, and no validation image is ever trained on.
+    """
+    everything = torch.arange(len(labels))
+    if per_class is None:
+        return everything[:0], everything
+    if labels.dim() != 1:
+        raise UserError(f"data.val_per_class needs single-label data; got labels of shape {list(labels.shape)}")
+    try:
+        val = labeled_subset(labels, per_class, seed)
+    except UserError as err:
+        raise UserError(str(err).replace("labels_per_class", "data.val_per_class", 1)) from None
+    keep = torch.ones(len(labels), dtype=torch.bool).index_fill_(0, val, False)
+    return val, everything[keep]
+
+
+def labeled_after_validation(labels: Tensor, remaining: Tensor, per_class: int | None, seed: int) -> Tensor:
+    """The labelled subset (sorted int64 dataset indices) chosen among ``remaining``: all of them, or ``per_class``
+    per class chosen by ``seed``. With nothing held out this is exactly ``labeled_subset(labels, per_class, seed)``."""
+    if per_class is None:
+        return remaining
+    return remaining[labeled_subset(labels[remaining], per_class, seed)]

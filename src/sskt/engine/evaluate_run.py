@@ -8,7 +8,7 @@ import torch
 
 from sskt.engine.checkpoint import load_checkpoint
 from sskt.engine.config_io import load_config
-from sskt.engine.evaluation import TestBatches, evaluate_network, evaluate_networks
+from sskt.engine.evaluation import eval_splits, evaluate_splits
 from sskt.engine.records import CHECKPOINT, CONFIG, WEIGHTS
 from sskt.engine.weights import load_target_weights
 from sskt.errors import UserError
@@ -23,9 +23,11 @@ def _run_dir(path: Path) -> Path:
 
 
 def evaluate(path: str | Path, device: str | torch.device = "cpu") -> dict[str, float]:
-    """Test metrics of a run. A run directory or ``model.safetensors`` evaluates the final target; a checkpoint
-    file (``checkpoints/last.pt``) rebuilds the method and evaluates every network it evaluates during training."""
+    """Validation (when the run held a split out) and test metrics of a run. A run directory or
+    ``model.safetensors`` evaluates the final target; a checkpoint file (``checkpoints/last.pt``) rebuilds the method
+    and evaluates every network it evaluates during training."""
     from sskt.data import build_dataset
+    from sskt.data.stream import train_split
 
     path = Path(path)
     run = _run_dir(path)
@@ -33,18 +35,19 @@ def evaluate(path: str | Path, device: str | torch.device = "cpu") -> dict[str, 
     cfg.data.download = False
     spec = build_dataset(cfg.data)
     device = torch.device(device)
-    test = TestBatches(spec, cfg.data.eval_batch_size, device, cfg.data.num_workers)
+    val = train_split(spec, cfg).val
+    splits = eval_splits(spec, val, cfg.data.eval_batch_size, device, cfg.data.num_workers)
     if path.suffix == ".pt":
-        return _evaluate_checkpoint(cfg, spec, path, test, device)
+        return _evaluate_checkpoint(cfg, spec, path, splits, device)
     state, aux_classes = load_target_weights(path if path.suffix == ".safetensors" else run / WEIGHTS)
     from sskt.models import build_target
 
     net = build_target(cfg.model, spec.num_classes, aux_classes, cfg.head)
     net.load_state_dict(state)
-    return evaluate_network(net.to(device), test, spec.task, spec.num_classes, device)
+    return evaluate_splits({"": net.to(device)}, splits, spec.task, spec.num_classes, device)
 
 
-def _evaluate_checkpoint(cfg, spec, path: Path, test, device: torch.device) -> dict[str, float]:
+def _evaluate_checkpoint(cfg, spec, path: Path, splits, device: torch.device) -> dict[str, float]:
     from lightning_fabric import Fabric
 
     from sskt.methods import METHODS, MethodContext
@@ -54,4 +57,4 @@ def _evaluate_checkpoint(cfg, spec, path: Path, test, device: torch.device) -> d
     method.setup(Fabric(accelerator="cpu", devices=1, precision="32-true"))
     method.load_state_dict(load_checkpoint(path)["method"])
     nets = {prefix: net.to(device) for prefix, net in method.evaluated().items()}
-    return evaluate_networks(nets, test, spec.task, spec.num_classes, device)
+    return evaluate_splits(nets, splits, spec.task, spec.num_classes, device)

@@ -1,8 +1,10 @@
-"""Test-set metrics per task type, accumulated on device and read once.
+"""Evaluation metrics per task type and split, accumulated on device and read once.
 
-Single-label tasks report ``test_acc`` (top-1, percent) and ``test_loss`` (mean cross-entropy); multi-label tasks
-report ``test_map`` (class-wise mean average precision, percent) and ``test_loss`` (mean BCE). A new task type
-adds one ``TaskMetrics`` subclass and one line in ``TASK_METRICS``.
+Single-label tasks report ``acc`` (top-1, percent) and ``loss`` (mean cross-entropy); multi-label tasks report
+``map`` (class-wise mean average precision, percent) and ``loss`` (mean BCE). Each name is prefixed with the split it
+was measured on: ``val_acc`` on the validation split held out of the training images (``data.val_per_class``),
+``test_acc`` on the test split. The validation headline chooses the best epoch; the test split is for reporting.
+A new task type adds one ``TaskMetrics`` subclass and one line in ``TASK_METRICS``.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
-from sskt.data.spec import DatasetSpec
+from sskt.data.spec import DatasetSpec, ImageSet
 from sskt.errors import check_choice
 from sskt.models.base import TargetOutput
 
 
 class TaskMetrics(nn.Module):
-    """Accumulates one network's test metrics; ``headline`` is the metric that picks the best epoch."""
+    """Accumulates one network's metrics on one split; ``headline`` (unprefixed) is the metric that picks the best
+    epoch, measured on the validation split."""
 
     headline: str
 
@@ -33,9 +36,9 @@ class TaskMetrics(nn.Module):
 
 
 class SingleLabelMetrics(TaskMetrics):
-    """Top-1 accuracy (percent) and mean cross-entropy over the test set."""
+    """Top-1 accuracy (percent) and mean cross-entropy over a split."""
 
-    headline = "test_acc"
+    headline = "acc"
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
@@ -48,13 +51,13 @@ class SingleLabelMetrics(TaskMetrics):
         self.loss.update(F.cross_entropy(logits.float(), labels, reduction="none"))
 
     def compute(self) -> dict[str, float]:
-        return {"test_acc": round(100.0 * self.acc.compute().item(), 4), "test_loss": self.loss.compute().item()}
+        return {"acc": round(100.0 * self.acc.compute().item(), 4), "loss": self.loss.compute().item()}
 
 
 class MultiLabelMetrics(TaskMetrics):
     """Class-wise mean average precision (percent) and mean binary cross-entropy."""
 
-    headline = "test_map"
+    headline = "map"
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
@@ -67,7 +70,7 @@ class MultiLabelMetrics(TaskMetrics):
         self.loss.update(F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none").mean(1))
 
     def compute(self) -> dict[str, float]:
-        return {"test_map": round(100.0 * self.ap.compute().item(), 4), "test_loss": self.loss.compute().item()}
+        return {"map": round(100.0 * self.ap.compute().item(), 4), "loss": self.loss.compute().item()}
 
 
 TASK_METRICS: dict[str, type[TaskMetrics]] = {"single_label": SingleLabelMetrics, "multi_label": MultiLabelMetrics}
@@ -78,28 +81,62 @@ def task_metrics(task: str, num_classes: int) -> TaskMetrics:
     return TASK_METRICS[check_choice("task", task, TASK_METRICS)](num_classes)
 
 
-def headline_metric(task: str) -> str:
-    """The metric that decides the best epoch (higher is better)."""
-    return TASK_METRICS[check_choice("task", task, TASK_METRICS)].headline
+def headline_metric(task: str, split: str = "test") -> str:
+    """The headline metric of ``task`` on ``split`` (higher is better): ``val_acc`` chooses the best epoch."""
+    return f"{split}_{TASK_METRICS[check_choice('task', task, TASK_METRICS)].headline}"
 
 
-class TestBatches:
-    """The test split as a re-iterable sequence of ``(images, labels)`` batches (one pass per evaluated network)."""
+class EvalBatches:
+    """One split of ``spec`` as a re-iterable sequence of unaugmented ``(images, labels)`` batches (one pass per
+    evaluated network)."""
 
-    def __init__(self, spec: DatasetSpec, batch_size: int, device: torch.device | None = None, workers: int = 0):
-        self.spec, self.batch_size, self.device, self.workers = spec, batch_size, device, workers
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        split: ImageSet,
+        batch_size: int,
+        device: torch.device | None = None,
+        workers: int = 0,
+    ) -> None:
+        self.spec, self.split, self.batch_size, self.device, self.workers = spec, split, batch_size, device, workers
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         from sskt.data import eval_batches
 
-        return eval_batches(self.spec.test, self.spec, self.batch_size, self.device, self.workers)
+        return eval_batches(self.split, self.spec, self.batch_size, self.device, self.workers)
+
+
+class TestBatches(EvalBatches):
+    """The test split of ``spec``."""
+
+    def __init__(self, spec: DatasetSpec, batch_size: int, device: torch.device | None = None, workers: int = 0):
+        super().__init__(spec, spec.test, batch_size, device, workers)
+
+
+def eval_splits(
+    spec: DatasetSpec, val_indices: Tensor, batch_size: int, device: torch.device | None = None, workers: int = 0
+) -> dict[str, EvalBatches]:
+    """The splits every evaluation measures, by metric prefix: 'val' (the training images at ``val_indices``, when
+    there are any) and 'test'."""
+    from sskt.data.datasets import SubsetImageSet
+
+    splits: dict[str, EvalBatches] = {}
+    if len(val_indices):
+        splits["val"] = EvalBatches(spec, SubsetImageSet(spec.train, val_indices), batch_size, device, workers)
+    splits["test"] = TestBatches(spec, batch_size, device, workers)
+    return splits
 
 
 @torch.no_grad()
 def evaluate_network(
-    net: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], task: str, num_classes: int, device: torch.device
+    net: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    task: str,
+    num_classes: int,
+    device: torch.device,
+    split: str = "test",
 ) -> dict[str, float]:
-    """Run ``net`` in eval mode over ``(images, labels)`` batches; return its test metrics."""
+    """Run ``net`` in eval mode over ``(images, labels)`` batches; return its metrics, prefixed ``<split>_``."""
     was_training = net.training
     net.eval()
     metrics = task_metrics(task, num_classes).to(device)
@@ -108,16 +145,32 @@ def evaluate_network(
         logits = out.logits if isinstance(out, TargetOutput) else out
         metrics.update(logits, labels.to(device, non_blocking=True))
     net.train(was_training)
-    return metrics.compute()
+    return {f"{split}_{name}": value for name, value in metrics.compute().items()}
 
 
 def evaluate_networks(
-    nets: dict[str, nn.Module], batches: Iterable[tuple[Tensor, Tensor]], task: str, num_classes: int, device
+    nets: dict[str, nn.Module],
+    batches: Iterable[tuple[Tensor, Tensor]],
+    task: str,
+    num_classes: int,
+    device,
+    split: str = "test",
 ) -> dict[str, float]:
-    """Metrics of every network, each name prefixed with its key ('' for the target, 'peer1_' for a peer).
-    ``batches`` must be re-iterable (a DataLoader, a list) when there are several networks."""
+    """Metrics of every network on one split, each name prefixed with its key ('' for the target, 'peer1_' for a
+    peer) and the split ('peer1_test_acc'). ``batches`` must be re-iterable (a DataLoader, a list) when there are
+    several networks."""
     metrics: dict[str, float] = {}
     for prefix, net in nets.items():
-        for name, value in evaluate_network(net, batches, task, num_classes, device).items():
+        for name, value in evaluate_network(net, batches, task, num_classes, device, split).items():
             metrics[prefix + name] = value
+    return metrics
+
+
+def evaluate_splits(
+    nets: dict[str, nn.Module], splits: dict[str, Iterable[tuple[Tensor, Tensor]]], task: str, num_classes: int, device
+) -> dict[str, float]:
+    """``evaluate_networks`` on every split of ``splits`` (prefix -> batches), validation first."""
+    metrics: dict[str, float] = {}
+    for split, batches in splits.items():
+        metrics.update(evaluate_networks(nets, batches, task, num_classes, device, split))
     return metrics

@@ -13,7 +13,7 @@ from sskt.config import TrainConfig
 from sskt.data import DatasetSpec, TrainStream, build_dataset
 from sskt.engine.checkpoint import load_checkpoint, save_atomic
 from sskt.engine.checks import check_config
-from sskt.engine.evaluation import TestBatches, evaluate_networks, headline_metric
+from sskt.engine.evaluation import eval_splits, evaluate_splits, headline_metric
 from sskt.engine.precise_bn import recompute_bn_stats
 from sskt.engine.progress import EpochProgress, epoch_line
 from sskt.engine.records import RunDir, git_commit, versions
@@ -47,11 +47,13 @@ def train(cfg: TrainConfig) -> dict:
     if fabric.is_global_zero:
         run.prepare(cfg)
     spec, stream, method = build_parts(cfg, fabric)
-    test = TestBatches(spec, cfg.data.eval_batch_size, fabric.device, cfg.data.num_workers)
-    headline = headline_metric(spec.task)
+    splits = eval_splits(spec, stream.val_indices, cfg.data.eval_batch_size, fabric.device, cfg.data.num_workers)
+    # Validation chooses the best epoch; the test split only reports (its own best is kept as a labelled oracle).
+    selectors = {"best": headline_metric(spec.task, "val")} if "val" in splits else {}
+    selectors["oracle"] = headline_metric(spec.task, "test")
 
     # Resume: weights, optimizers, schedules, RNG states, best-so-far; the stream replays from (seed, epoch).
-    state = {"epoch": 0, "best": {}, "best_epoch": None, "wall_seconds": 0.0}
+    state = fresh_state()
     if cfg.resume and run.checkpoint.exists():
         state = restore(run, method)
     if fabric.is_global_zero:
@@ -66,10 +68,10 @@ def train(cfg: TrainConfig) -> dict:
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             if cfg.precise_bn:  # statistics of the current weights, from this epoch's (replayable) batches
                 recompute_bn_stats(method.evaluated().values(), stream.epoch(epoch), cfg.precise_bn, fabric.device)
-            metrics = evaluate_networks(method.evaluated(), test, spec.task, spec.num_classes, fabric.device)
+            metrics = evaluate_splits(method.evaluated(), splits, spec.task, spec.num_classes, fabric.device)
             record.update(metrics)
-            if state["best_epoch"] is None or metrics[headline] > state["best"].get(headline, float("-inf")):
-                state["best"], state["best_epoch"] = dict(metrics), epoch + 1
+            for which, metric in selectors.items():
+                keep_if_better(state, which, metric, metrics, epoch + 1)
 
         # Record, log, checkpoint (atomically, so a kill at any moment leaves a loadable last.pt).
         state["epoch"], state["wall_seconds"] = epoch + 1, prior_seconds + time.perf_counter() - started
@@ -82,8 +84,21 @@ def train(cfg: TrainConfig) -> dict:
 
     # A resumed run that had already finished still reports the trained networks' final metrics.
     if not metrics:
-        metrics = evaluate_networks(method.evaluated(), test, spec.task, spec.num_classes, fabric.device)
-    return finish(cfg, run, fabric, method, state, metrics)
+        metrics = evaluate_splits(method.evaluated(), splits, spec.task, spec.num_classes, fabric.device)
+    return finish(cfg, run, fabric, method, state, metrics, selectors)
+
+
+def fresh_state() -> dict:
+    """The loop state of a run that has not trained yet: the validation-chosen best ('best') and the test-chosen
+    oracle ('oracle'), each with its epoch."""
+    return {"epoch": 0, "best": {}, "best_epoch": None, "oracle": {}, "oracle_epoch": None, "wall_seconds": 0.0}
+
+
+def keep_if_better(state: dict, which: str, metric: str, metrics: dict, epoch: int) -> None:
+    """Make ``metrics`` (all of them, at ``epoch``) the state's ``which`` when its ``metric`` beats the kept one;
+    ties keep the earlier epoch."""
+    if state[f"{which}_epoch"] is None or metrics[metric] > state[which].get(metric, float("-inf")):
+        state[which], state[f"{which}_epoch"] = dict(metrics), epoch
 
 
 def build_parts(cfg: TrainConfig, fabric: Fabric) -> tuple[DatasetSpec, TrainStream, Method]:
@@ -142,15 +157,27 @@ def restore(run: RunDir, method: Method) -> dict:
     ckpt = load_checkpoint(run.checkpoint)
     method.load_state_dict(ckpt["method"])
     set_rng_state(ckpt["rng"])
-    return {k: ckpt[k] for k in ("epoch", "best", "best_epoch", "wall_seconds")}
+    # Checkpoints written before the validation split kept one test-chosen best: it becomes the oracle.
+    state = fresh_state()
+    state.update({k: ckpt[k] for k in state if k in ckpt})
+    if "oracle" not in ckpt:
+        state.update(best={}, best_epoch=None, oracle=ckpt.get("best", {}), oracle_epoch=ckpt.get("best_epoch"))
+    return state
 
 
-def finish(cfg: TrainConfig, run: RunDir, fabric: Fabric, method: Method, state: dict, final: dict) -> dict:
-    """Write ``model.safetensors`` and ``summary.json``; return the summary."""
-    summary = {
-        "final": final,
-        "best": state["best"],
-        "best_epoch": state["best_epoch"],
+def finish(
+    cfg: TrainConfig, run: RunDir, fabric: Fabric, method: Method, state: dict, final: dict, selectors: dict
+) -> dict:
+    """Write ``model.safetensors`` and ``summary.json``; return the summary.
+
+    ``best`` (every metric at the epoch with the best validation headline), ``best_epoch`` and ``selected_by`` exist
+    only with a validation split. ``best_test_oracle`` is the epoch with the best test headline: chosen on the test
+    set, so an oracle figure, never a result."""
+    summary: dict = {"final": final}
+    if "best" in selectors:
+        summary.update(best=state["best"], best_epoch=state["best_epoch"], selected_by=selectors["best"])
+    summary.update(best_test_oracle=state["oracle"], best_test_oracle_epoch=state["oracle_epoch"])
+    summary |= {
         "wall_seconds": state["wall_seconds"],
         "seed": cfg.seed,
         "git_commit": git_commit(),

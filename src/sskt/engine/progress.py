@@ -51,7 +51,7 @@ def epoch_line(record: dict, epochs: int) -> str:
     """One human line per epoch: loss, metrics, learning rate, speed."""
     parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['train_loss']:.4f}"]
     for key, value in record.items():
-        if key.startswith(("test_", "peer")) and isinstance(value, float):
+        if key.startswith(("val_", "test_", "peer")) and isinstance(value, float):
             parts.append(f"{key} {value:.2f}")
     parts += [f"lr {record['lr']:.4g}", f"{record['epoch_seconds']:.1f}s", f"{record['images_per_second']:.0f} img/s"]
     return "  ".join(parts)

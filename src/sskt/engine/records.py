@@ -61,6 +61,22 @@ def read_records(run_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def normalise_summary(summary: dict) -> dict:
+    """A summary in today's terms. Runs made before the validation split kept one ``best``, chosen on the test set
+    and without ``selected_by``: that is an oracle figure, so it is read as ``best_test_oracle`` (and its epoch as
+    ``best_test_oracle_epoch``), never as a validation-chosen ``best``."""
+    if "best" in summary and "selected_by" not in summary:
+        summary = dict(summary)
+        summary["best_test_oracle"] = summary.pop("best")
+        summary["best_test_oracle_epoch"] = summary.pop("best_epoch", None)
+    return summary
+
+
+def read_summary(run_dir: str | Path) -> dict:
+    """``summary.json`` of a run, normalised (see ``normalise_summary``)."""
+    return normalise_summary(json.loads((Path(run_dir) / SUMMARY).read_text()))
+
+
 def _finite(obj: object) -> object:
     """JSON has no NaN/inf: write them as null so every reader can parse the records."""
     if isinstance(obj, float) and not math.isfinite(obj):

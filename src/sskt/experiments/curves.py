@@ -1,4 +1,5 @@
-"""A few runs side by side: a table of final/best test metrics and wall time, and their learning curves.
+"""A few runs side by side: a table of final and validation-chosen test metrics and wall time, and their learning
+curves (test and, where the runs held a validation split out, validation).
 
 Pure functions of the run directories' ``records.jsonl`` and ``summary.json`` (``sskt curves RUN... --plot FILE``).
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sskt.engine.records import normalise_summary
 from sskt.errors import UserError
 
 
@@ -16,11 +18,12 @@ def _read_run(run: Path) -> tuple[dict, list[dict]]:
     if not summary_path.is_file() or not records_path.is_file():
         raise UserError(f"run {str(run)!r} has no summary.json/records.jsonl (not trained yet?)")
     records = [json.loads(line) for line in records_path.read_text().splitlines() if line.strip()]
-    return json.loads(summary_path.read_text()), records
+    return normalise_summary(json.loads(summary_path.read_text())), records
 
 
 def run_rows(runs: list[str | Path], metric: str = "test_acc") -> list[dict]:
-    """One row per run: name, method, final and best ``metric``, best epoch, wall seconds."""
+    """One row per run: name, method, final ``metric``, ``metric`` at the validation-chosen epoch and that epoch (None
+    without a validation split), the test-chosen oracle and its epoch, wall seconds."""
     rows = []
     for run in map(Path, runs):
         summary, _ = _read_run(run)
@@ -29,8 +32,11 @@ def run_rows(runs: list[str | Path], metric: str = "test_acc") -> list[dict]:
                 "run": run.name,
                 "method": summary.get("method"),
                 "final": summary["final"].get(metric),
-                "best": summary["best"].get(metric),
+                "best": (summary.get("best") or {}).get(metric),
                 "best_epoch": summary.get("best_epoch"),
+                "selected_by": summary.get("selected_by"),
+                "oracle": (summary.get("best_test_oracle") or {}).get(metric),
+                "oracle_epoch": summary.get("best_test_oracle_epoch"),
                 "wall_seconds": summary.get("wall_seconds"),
             }
         )
@@ -42,19 +48,25 @@ def print_table(rows: list[dict], metric: str = "test_acc") -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{metric} (final epoch / best epoch)")
-    for col in ("run", "method", "final", "best (epoch)", "wall time"):
+    oracle = all(r["best"] is None for r in rows)
+    chosen = "oracle: best test epoch" if oracle else "at val-chosen epoch"
+    table = Table(title=f"{metric}: final epoch / {chosen}")
+    for col in ("run", "method", "final", f"{chosen} (epoch)", "wall time"):
         table.add_column(col, justify="left" if col in ("run", "method") else "right")
     for r in rows:
-        best = f"{r['best']:.2f} ({r['best_epoch']})" if r["best"] is not None else "-"
+        value, epoch = (r["oracle"], r["oracle_epoch"]) if oracle else (r["best"], r["best_epoch"])
+        best = f"{value:.2f} ({epoch})" if value is not None else "-"
         final = f"{r['final']:.2f}" if r["final"] is not None else "-"
         wall = f"{r['wall_seconds'] / 60:.1f} min" if r["wall_seconds"] is not None else "-"
         table.add_row(r["run"], str(r["method"]), final, best, wall)
+    if oracle:
+        table.caption = "no run held out a validation split (data.val_per_class): the best epoch was chosen on test"
     Console().print(table)
 
 
 def plot_curves(runs: list[str | Path], path: str | Path, metric: str = "test_acc") -> None:
-    """Save test ``metric`` and the primary training loss per epoch for every run as one PNG."""
+    """Save test ``metric`` (solid; its validation counterpart dashed, where recorded) and the primary training loss
+    per epoch for every run as one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers or in CI
@@ -64,11 +76,17 @@ def plot_curves(runs: list[str | Path], path: str | Path, metric: str = "test_ac
     for run in map(Path, runs):
         _, records = _read_run(run)
         evaluated = [r for r in records if r.get(metric) is not None]
-        ax_metric.plot([r["epoch"] for r in evaluated], [r[metric] for r in evaluated], marker=".", label=run.name)
+        x, y = [r["epoch"] for r in evaluated], [r[metric] for r in evaluated]
+        line = ax_metric.plot(x, y, marker=".", label=run.name)
+        val = metric.replace("test_", "val_", 1)
+        on_val = [r for r in records if r.get(val) is not None] if val != metric else []
+        if on_val:  # dashed, same colour: the curve that chooses the epoch
+            x, y = [r["epoch"] for r in on_val], [r[val] for r in on_val]
+            ax_metric.plot(x, y, ls="--", color=line[0].get_color(), label=f"{run.name} ({val})")
         # SSKT's total loss includes its auxiliary terms; the primary (label) loss compares across methods.
         losses = [r.get("primary_loss", r["train_loss"]) for r in records]
         ax_loss.plot([r["epoch"] for r in records], losses, marker=".", label=run.name)
-    ax_metric.set(xlabel="epoch", ylabel=metric, title=f"{metric} on the test split")
+    ax_metric.set(xlabel="epoch", ylabel=metric, title=f"{metric} (dashed: validation)")
     ax_loss.set(xlabel="epoch", ylabel="primary loss", title="training loss on the labels", yscale="log")
     for ax in (ax_metric, ax_loss):
         ax.grid(alpha=0.3)

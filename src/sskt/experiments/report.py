@@ -40,7 +40,8 @@ class Group:
         return str(self.setting.get("method.name", ""))
 
     def metric(self, which: str, name: str) -> dict[int, float]:
-        """``summary[which][name]`` per seed (``which`` is 'final' or 'best'), skipping runs without it."""
+        """``summary[which][name]`` per seed (``which`` is 'final', 'best' (chosen on validation) or
+        'best_test_oracle'), skipping runs without it."""
         out = {}
         for r in self.runs:
             value = (r.summary.get(which) or {}).get(name)
@@ -149,16 +150,23 @@ def headline_metric(runs: Sequence[Run]) -> str:
 # --- tables ----------------------------------------------------------------------------------------------------
 @dataclass
 class Row:
-    """One group's statistics: per metric at the final and the best epoch, and its paired difference to
-    scratch on the headline metric."""
+    """One group's statistics: per metric at the final epoch, at the validation-chosen epoch ('best', empty for runs
+    without a validation split) and at the test-chosen oracle epoch, and the paired differences to scratch on the
+    headline metric."""
 
     group: Group
     final: dict[str, Summary]
     best: dict[str, Summary]
     best_epoch: Summary
+    oracle: dict[str, Summary]
     wall_seconds: Summary
     diff_final: PairedDiff | None
     diff_best: PairedDiff | None
+    diff_oracle: PairedDiff | None
+
+    @property
+    def has_val_choice(self) -> bool:
+        return any(s.n for s in self.best.values())
 
 
 def metric_names(runs: Sequence[Run]) -> list[str]:
@@ -178,30 +186,49 @@ def build_rows(groups: Sequence[Group], metric: str) -> list[Row]:
     rows = []
     for g in groups:
         ref = scratch_counterpart(g, groups)
+
+        def diff(which: str, g: Group = g, ref: Group | None = ref) -> PairedDiff | None:
+            return paired_diff(g.metric(which, metric), ref.metric(which, metric)) if ref else None
+
         rows.append(
             Row(
                 g,
                 {m: summarize(list(g.metric("final", m).values())) for m in names},
                 {m: summarize(list(g.metric("best", m).values())) for m in names},
                 summarize(g.field("best_epoch")),
+                {m: summarize(list(g.metric("best_test_oracle", m).values())) for m in names},
                 summarize(g.field("wall_seconds")),
-                paired_diff(g.metric("final", metric), ref.metric("final", metric)) if ref else None,
-                paired_diff(g.metric("best", metric), ref.metric("best", metric)) if ref else None,
+                diff("final"),
+                diff("best"),
+                diff("best_test_oracle"),
             )
         )
     return rows
 
 
+def selection_metric(metric: str) -> str:
+    """The validation metric that chose the epoch reported next to test ``metric`` (``test_acc`` -> ``val_acc``)."""
+    return metric.replace("test_", "val_", 1) if "test_" in metric else f"val_{metric}"
+
+
 def markdown_table(rows: Sequence[Row], metric: str) -> str:
-    """The headline table: mean +- std (n) at the final and best epoch, and the paired differences to scratch."""
-    head = ["group", "method", f"final {metric}", f"best {metric}", "best epoch", "wall min"]
-    head += ["final - scratch [95% CI] (n)", "best - scratch [95% CI] (n)"]
+    """The headline table: mean +- std (n) at the final epoch and at the validation-chosen epoch, and the paired
+    differences to scratch. Runs without a validation split show the test-chosen oracle instead, labelled so."""
+    val = selection_metric(metric)
+    oracle = not any(r.has_val_choice for r in rows)
+    chosen = f"oracle {metric} (best test epoch)" if oracle else f"{metric} at val-chosen epoch"
+    head = ["group", "method", f"final {metric}", chosen]
+    head += ["oracle epoch" if oracle else f"{val} (chooses)", "chosen epoch", "wall min"]
+    head += ["final - scratch [95% CI] (n)", f"{'oracle' if oracle else 'val-chosen'} - scratch [95% CI] (n)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         wall = Summary(r.wall_seconds.mean / 60, r.wall_seconds.std / 60, r.wall_seconds.n)
-        cells = [r.group.label, r.group.method, r.final[metric].format(), r.best[metric].format()]
-        cells += [r.best_epoch.format(1), wall.format(1)]
-        cells += [d.format() if d else "-" for d in (r.diff_final, r.diff_best)]
+        at = r.oracle if oracle else r.best
+        epoch = summarize(r.group.field("best_test_oracle_epoch")) if oracle else r.best_epoch
+        cells = [r.group.label, r.group.method, r.final[metric].format(), at[metric].format()]
+        cells += ["-" if oracle else (r.best[val].format() if val in r.best else "-")]
+        cells += [epoch.format(1), wall.format(1)]
+        cells += [d.format() if d else "-" for d in (r.diff_final, r.diff_oracle if oracle else r.diff_best)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -212,11 +239,11 @@ def csv_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
     for r in rows:
         row: dict[str, Any] = {"group": r.group.label, "method": r.group.method, "n": len(r.group.runs)}
         row.update(r.group.levels)
-        for which, stats in (("final", r.final), ("best", r.best)):
+        for which, stats in (("final", r.final), ("best", r.best), ("oracle", r.oracle)):
             for m, s in stats.items():
                 row.update({f"{which}_{m}_mean": s.mean, f"{which}_{m}_std": s.std, f"{which}_{m}_n": s.n})
         row.update({"best_epoch_mean": r.best_epoch.mean, "wall_seconds_mean": r.wall_seconds.mean})
-        for which, d in (("final", r.diff_final), ("best", r.diff_best)):
+        for which, d in (("final", r.diff_final), ("best", r.diff_best), ("oracle", r.diff_oracle)):
             if d is not None:
                 row.update({f"{which}_diff_mean": d.mean, f"{which}_diff_low": d.low, f"{which}_diff_high": d.high})
                 row[f"{which}_diff_n"] = d.n
@@ -317,9 +344,11 @@ def write_report(
 
 
 _INTRO = (
-    "Metric `{metric}`: mean +- sample std (n seeds) at the final epoch and at each run's best epoch. Differences "
-    "to scratch pair runs by seed with the scratch group of the same setting; the interval is a 95% Student-t "
-    "interval over the paired differences."
+    "Metric `{metric}`: mean +- sample std (n seeds) at the final epoch and at the epoch each run's validation split "
+    "chose (`best`, selected by `{val}`; the test set chose nothing). Runs without a validation split have no "
+    "chosen epoch; for them the table shows the best test epoch, an oracle figure chosen on the test set, and says "
+    "so. Differences to scratch pair runs by seed with the scratch group of the same setting; the interval is a 95% "
+    "Student-t interval over the paired differences."
 )
 
 
@@ -332,7 +361,8 @@ def _markdown(
     lines.append(f"Their wall times add up to {hours:.1f} h (runs that shared the machine count in full each).")
     if unfinished:
         lines.append(f"{len(unfinished)} unfinished run directories ignored: {', '.join(p.name for p in unfinished)}")
-    lines += ["", _INTRO.format(metric=metric), "", markdown_table(rows, metric), ""]
+    lines += ["", _INTRO.format(metric=metric, val=selection_metric(metric)), "", markdown_table(rows, metric), ""]
+    lines += _chosen_by_validation(rows, metric)
     others = [m for m in rows[0].final if m != metric] if rows else []
     if others:
         lines += ["Other final-epoch metrics:", ""]
@@ -343,6 +373,20 @@ def _markdown(
     if pictures:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.as_posix()})" for p in pictures] + [""]
     return "\n".join(lines)
+
+
+def _chosen_by_validation(rows: Sequence[Row], metric: str) -> list[str]:
+    """Markdown lines naming the group a search would pick: the highest validation headline at the chosen epoch."""
+    val = selection_metric(metric)
+    scored = [r for r in rows if r.has_val_choice and val in r.best and r.best[val].n]
+    if not scored:
+        return ["No run held out a validation split: nothing here is chosen without the test set.", ""]
+    top = max(scored, key=lambda r: r.best[val].mean)
+    return [
+        f"Chosen by validation: **{top.group.label}** has the highest `{val}` at its chosen epoch "
+        f"({top.best[val].format()}); the test columns report, they choose nothing.",
+        "",
+    ]
 
 
 def report_main(argv: list[str] | None = None) -> int:

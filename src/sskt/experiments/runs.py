@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from sskt.engine.records import read_summary
+
 # Keys that change where or how fast a run goes, not what it computes: runs differing only in these (and the seed)
 # are replicates of one setting.
 NON_SETTING_KEYS = frozenset(
@@ -76,7 +78,7 @@ def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
 def load_run(path: Path) -> Run:
     """Read one run directory (it must hold ``summary.json`` and ``config.yaml``)."""
     config = yaml.safe_load((path / "config.yaml").read_text()) or {}
-    summary = json.loads((path / "summary.json").read_text())
+    summary = read_summary(path)
     lines = (path / "records.jsonl").read_text().splitlines() if (path / "records.jsonl").exists() else []
     records = [json.loads(line) for line in lines if line.strip()]
     return Run(path, flatten_config(config), records, summary)

@@ -9,7 +9,7 @@ carries them, else computed online without gradient), ``w_m`` the per-source wei
 auxiliary weight of epoch ``e``.
 
 Unlabelled rows go through the whole target; the primary head is a per-row linear layer, so its outputs on them
-never touch the loss or any statistic (``data.unlabeled_primary`` only matters to heads with batch statistics).
+never touch the loss or any statistic.
 """
 
 from __future__ import annotations
