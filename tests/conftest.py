@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import json
+import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +16,23 @@ from sskt.config import SourceConfig, TrainConfig
 from sskt.data.datasets import read_idx
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+TEST_SEED = int(os.environ.get("SSKT_TEST_SEED", "0"))
+"""Run seed of the training tests (initialisation, batch order, augmentation): set SSKT_TEST_SEED to check that no
+learning test depends on one seed's luck (or on one CPU's rounding of it)."""
+
+
+def learned(name: str, value: float, threshold: float) -> bool:
+    """``value > threshold``, appending ``{test, value, threshold, margin}`` as a JSON line to $SSKT_MARGIN_LOG when it
+    is set, so the margins of the learning tests can be read off a run of the suite."""
+    log = os.environ.get("SSKT_MARGIN_LOG")
+    if log:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+        row = {"test": test, "what": name, "value": value, "threshold": threshold, "margin": value - threshold}
+        row |= {"seed": TEST_SEED, "threads": os.environ.get("OMP_NUM_THREADS")}
+        with open(log, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return value > threshold
 
 
 def _write_idx(path: Path, data: torch.Tensor) -> None:
@@ -66,9 +85,10 @@ def colour_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_colour_cfg(root: Path, out: Path, method: str) -> TrainConfig:
     """``method`` on the colour folder: 96 labelled 16 px images, batch 16 (6 steps per epoch), 3 epochs; sskt gets
     one EfficientNet-Lite0 ImageNet source at 32 px."""
-    cfg = TrainConfig(seed=0, epochs=3, out=str(out), accelerator="cpu", progress=False)
+    cfg = TrainConfig(seed=TEST_SEED, epochs=3, out=str(out), accelerator="cpu", progress=False)
     cfg.data.name, cfg.data.root, cfg.data.image_size = "imagefolder", str(root), 16
-    cfg.data.batch_size, cfg.data.eval_batch_size = 16, 40
+    cfg.data.batch_size, cfg.data.eval_batch_size, cfg.data.crop_padding = 16, 40, 2
+    cfg.precise_bn = 6  # statistics of the final weights: SSKT's big auxiliary gradients move them fast
     cfg.method.name = method
     cfg.optim.lr, cfg.optim.schedule = 0.05, "cosine"
     if method == "sskt":
@@ -84,7 +104,7 @@ def colour_cfg(colour_folder: Path) -> Callable[[Path, str], TrainConfig]:
 
 def make_tiny_cfg(data_root: Path, out: Path) -> TrainConfig:
     """A few-second scratch run: resnet20 on 200 labelled Fashion-MNIST images, 3 epochs, batch 50, on CPU."""
-    cfg = TrainConfig(seed=0, epochs=3, out=str(out), accelerator="cpu", progress=False)
+    cfg = TrainConfig(seed=TEST_SEED, epochs=3, out=str(out), accelerator="cpu", progress=False)
     cfg.data.root = str(data_root)
     cfg.data.download = False
     cfg.data.labels_per_class = 20

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import learned
 from lightning_fabric import Fabric
 from safetensors.torch import load_file
 
@@ -117,7 +118,7 @@ def test_method_learns_a_small_task(method: str, colour_cfg, tmp_path) -> None:
     # SSKT's total is dominated by the 1000-class aux term, which cannot fall far; its primary term is checked below.
     assert records[-1]["train_loss"] < (0.5 if method == "scratch" else 1.0) * records[0]["train_loss"]
     # Four classes: chance is 25 %.
-    assert summary["final"]["test_acc"] >= 75.0
+    assert learned(f"{method} test_acc", summary["final"]["test_acc"], 75.0)
     weights = load_file(f"{cfg.out}/model.safetensors")
     if method == "sskt":
         assert records[-1]["primary_loss"] < 0.5 * records[0]["primary_loss"]
