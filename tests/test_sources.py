@@ -224,6 +224,23 @@ def test_bank_chunks_give_the_whole_batch_logits_in_order(weights: dict[str, str
         SourceBank(sources, chunk=-1)
 
 
+def test_a_bn_train_source_sees_the_whole_batch_at_once(weights: dict[str, str]) -> None:
+    """Batch statistics are the training batch's: the bank never splits it for a source in BatchNorm train mode,
+    whatever the chunk setting, and its running statistics advance once per batch."""
+    x = torch.randn(2 * CPU_CHUNK + 5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    reference = build("resnet18.imagenet", weights, bn_mode="train").train()
+    whole = reference(x)
+    for chunk in (None, 3):
+        src = build("resnet18.imagenet", weights, bn_mode="train").train()
+        bank = SourceBank({"I": src}, chunk=chunk)
+        assert bank.chunk_size(x) == len(x)
+        torch.testing.assert_close(bank(x)["I"], whole, rtol=1e-4, atol=1e-4)  # channels-last rounding only
+        tracked = {int(m.num_batches_tracked) for m in _bn_layers(src)}
+        assert tracked == {1}, "one batch, one running-statistics update"
+        for a, b in zip(_bn_stats(src), _bn_stats(reference), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_bank_keys_default_to_names_and_must_be_unique() -> None:
     a, b = _probe(), _probe()
     assert list(SourceBank([a])(torch.randn(1, 3, 8, 8))) == ["probe"]
@@ -340,3 +357,36 @@ def test_checkpoint_source_is_the_trained_primary_classifier(tmp_path: Path) -> 
     torch.save(target.state_dict(), tmp_path / "run" / "weights.pt")
     bare = build_source(SourceConfig(name=f"checkpoint:{tmp_path / 'run' / 'weights.pt'}"), mean, std)
     torch.testing.assert_close(bare(x), expected, rtol=1e-5, atol=1e-5)
+
+
+# --- which ImageNet weights a torchvision source carries -----------------------------------------------------------
+def test_imagenet_weights_are_named_explicitly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """'resnet50.imagenet' is torchvision's DEFAULT (V2); 'resnet50.imagenet_v1' is the V1 file the authors' code
+    loaded with pretrained=True. Both are listed, and each fetches its own file."""
+    from sskt.sources import zoo
+
+    listed = SOURCES.list()
+    assert "resnet50.imagenet" in listed and "resnet50.imagenet_v1" in listed
+    assert "<torchvision arch>.imagenet_v1" in listed and "mobilenet_v3_small.imagenet_v1" in SOURCES
+    fetched: list[str] = []
+    state = _random_state(torchvision.models.resnet50())
+
+    def fake_download(url: str, what: str) -> dict[str, torch.Tensor]:
+        fetched.append(url)
+        return state
+
+    monkeypatch.setattr(zoo, "load_weights", lambda spec, url, what: fake_download(url, what))
+    for name in ("resnet50.imagenet", "resnet50.imagenet_v1"):
+        build_source(SourceConfig(name=name), TARGET_MEAN, TARGET_STD)
+    assert fetched[0].endswith("resnet50-11ad3fa6.pth")  # IMAGENET1K_V2, 80.86%
+    assert fetched[1].endswith("resnet50-0676ba61.pth")  # IMAGENET1K_V1, 76.13%
+
+
+def test_faithful_presets_use_the_authors_v1_weights() -> None:
+    presets = sorted((Path(__file__).resolve().parents[1] / "configs" / "paper").glob("*_faithful.yaml"))
+    assert presets
+    for preset in presets:
+        names = [s["name"] for s in yaml.safe_load(preset.read_text()).get("x-sources", {}).values()]
+        assert "resnet50.imagenet" not in names, preset.name
+    faithful = yaml.safe_load((presets[0].parent / "cifar10_faithful.yaml").read_text())
+    assert faithful["x-sources"]["I"]["name"] == "resnet50.imagenet_v1"

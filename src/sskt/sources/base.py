@@ -201,7 +201,8 @@ class SourceBank(nn.Module):
     batch, benchmarks/speed.py). The forward pass runs under ``torch.inference_mode`` and has no host-device
     synchronisation.
 
-    ``chunk`` runs the sources on that many images at a time (0: the whole batch at once). None picks
+    ``chunk`` runs the sources on that many images at a time (0: the whole batch at once; always so when a source
+    is in BatchNorm train mode, whose statistics are the batch's). None picks
     ``CPU_CHUNK`` on CPU and the whole batch elsewhere: on CPU a small chunk keeps the activations in the caches,
     EfficientNet-Lite0 at 96 px took 12-13 ms per image in chunks of 16-32 against 15.8 at 128 and 16.8 at 256
     (one thread, this project's 2-core machine). The logits do not depend on the chunking beyond float rounding.
@@ -257,7 +258,11 @@ class SourceBank(nn.Module):
         return out
 
     def chunk_size(self, x: Tensor) -> int:
-        """Images per source forward for batch ``x`` (see the class docstring)."""
+        """Images per source forward for batch ``x`` (see the class docstring). A bank holding a source in BatchNorm
+        train mode always runs the whole batch: that source's batch statistics (and its running averages, one update
+        per training batch) must come from the whole training batch, as in the released code."""
+        if any(s.bn_mode == "train" for s in self.sources):
+            return max(len(x), 1)
         if self.chunk is None:
             return CPU_CHUNK if x.device.type == "cpu" else max(len(x), 1)
         return self.chunk or max(len(x), 1)

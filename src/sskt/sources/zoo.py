@@ -1,8 +1,15 @@
-"""ImageNet classifiers as sources: every torchvision classifier (``<arch>.imagenet``) and timm (``timm:<name>``).
+"""ImageNet classifiers as sources: every torchvision classifier and timm (``timm:<name>``).
 
-torchvision sources take their DEFAULT weights' URL, mean/std and crop size from the weights API; the architecture is
-built without weights and the state dict loaded with ``weights_only=True`` (from the download, or from a local file
-or URL given as the source's ``weights``).
+The name of a torchvision source says which ImageNet weights it carries:
+
+- ``<arch>.imagenet``: torchvision's DEFAULT weights today (for ResNet50 ``IMAGENET1K_V2``, 80.86% top-1, trained
+  with label smoothing, mixup and cutmix, so its soft labels are calibrated differently);
+- ``<arch>.imagenet_v1``: the original ``IMAGENET1K_V1`` weights (ResNet50: 76.13%, ``resnet50-0676ba61.pth``),
+  what ``resnet50(pretrained=True)`` loaded in the authors' released code. The faithful presets use these.
+
+The URL, mean/std and crop size come from the weights API; the architecture is built without weights and the state
+dict loaded with ``weights_only=True`` (from the download, or from a local file or URL given as the source's
+``weights``).
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ from sskt.sources.weights import load_into, load_state_file, load_weights
 
 # Shown by name in `sskt list sources`; every other torchvision classifier works as '<arch>.imagenet' too.
 LISTED_TORCHVISION = ("resnet18", "resnet34", "resnet50", "vgg16")
+
+WEIGHT_TAGS = {"imagenet": "DEFAULT", "imagenet_v1": "IMAGENET1K_V1"}
+"""Source-name suffix -> torchvision weights entry."""
 
 
 def torchvision_archs() -> list[str]:
@@ -37,22 +47,37 @@ def _builder_kwargs(arch: str, weights: Any) -> dict[str, Any]:
     return kwargs
 
 
-@SOURCES.register_suffix(".imagenet", label="<torchvision arch>")
-def torchvision_source(arch: str, weights: str | None = None) -> Pretrained:
-    """torchvision ``arch`` with its DEFAULT ImageNet weights (or ``weights``: a local file or URL)."""
+def torchvision_weights(arch: str, tag: str = "DEFAULT") -> Any:
+    """The torchvision weights entry ``tag`` ('DEFAULT', 'IMAGENET1K_V1', ...) of ``arch``; unknown architectures and
+    entries are UserErrors naming the valid ones."""
     archs = torchvision_archs()
     if arch not in archs:
         raise choice_error("torchvision ImageNet architecture", arch, archs)
-    default = torchvision.models.get_model_weights(arch).DEFAULT
-    net = torchvision.models.get_model(arch, weights=None, **_builder_kwargs(arch, default))
-    what = f"source '{arch}.imagenet'"
-    load_into(net, load_weights(weights, default.url, what), what)
-    tf = default.transforms()
-    return Pretrained(net, tuple(tf.mean), tuple(tf.std), len(default.meta["categories"]), tf.crop_size[0])
+    entries = torchvision.models.get_model_weights(arch)
+    if tag == "DEFAULT":
+        return entries.DEFAULT
+    if tag not in entries.__members__:
+        raise choice_error(f"torchvision weights of {arch}", tag, list(entries.__members__))
+    return entries[tag]
 
 
+def torchvision_source(arch: str, weights: str | None = None, suffix: str = "imagenet") -> Pretrained:
+    """torchvision ``arch`` with the ImageNet weights its suffix names (``WEIGHT_TAGS``), or ``weights``: a local
+    file or URL holding them."""
+    entry = torchvision_weights(arch, WEIGHT_TAGS[suffix])
+    net = torchvision.models.get_model(arch, weights=None, **_builder_kwargs(arch, entry))
+    what = f"source '{arch}.{suffix}' ({entry.name})"
+    load_into(net, load_weights(weights, entry.url, what), what)
+    tf = entry.transforms()
+    return Pretrained(net, tuple(tf.mean), tuple(tf.std), len(entry.meta["categories"]), tf.crop_size[0])
+
+
+for _suffix in WEIGHT_TAGS:
+    SOURCES.register_suffix(f".{_suffix}", label="<torchvision arch>")(partial(torchvision_source, suffix=_suffix))
 for _arch in LISTED_TORCHVISION:
     SOURCES.register(f"{_arch}.imagenet")(partial(torchvision_source, _arch))
+    if torchvision_weights(_arch).name != "IMAGENET1K_V1":  # listed where it differs from DEFAULT (resnet50)
+        SOURCES.register(f"{_arch}.imagenet_v1")(partial(torchvision_source, _arch, suffix="imagenet_v1"))
 
 
 def _import_timm() -> Any:
