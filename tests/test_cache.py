@@ -4,6 +4,7 @@ invalidates, an interrupted build resumes to identical content, and training rep
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,8 @@ if TINY not in SOURCES:
         return Pretrained(tiny_net(), (0.4, 0.4, 0.4), (0.2, 0.3, 0.25), 7)
 
 
-def toy_spec(name: str = "toy", n_per_class: int = 6) -> DatasetSpec:
-    g = torch.Generator().manual_seed(5)
+def toy_spec(name: str = "toy", n_per_class: int = 6, pixels_seed: int = 5) -> DatasetSpec:
+    g = torch.Generator().manual_seed(pixels_seed)
     labels = torch.arange(3).repeat_interleave(n_per_class)
     images = torch.randint(0, 256, (len(labels), 1, 8, 8), dtype=torch.uint8, generator=g)
     train = TensorImageSet(images, labels)
@@ -122,11 +123,19 @@ def changed(tmp_path: Path, what: str) -> tuple[TrainConfig, DatasetSpec, Source
         cfg.cache.topk = 2
     elif what == "unlabeled":
         cfg.data.unlabeled, cfg.data.unlabeled_ratio = "rest", 1
+    elif what == "pixels":  # same name, layout and labels; other images
+        spec = toy_spec(pixels_seed=6)
+    elif what == "val_per_class":
+        cfg.data.val_per_class = 1
+    elif what == "crop_padding":
+        cfg.data.crop_padding = 2
+    elif what == "dtype":
+        cfg.cache.dtype = "float32"
     return cfg, spec, src
 
 
 KEY_PARTS = ["weights", "input_size", "bn_mode", "dataset", "subset_seed", "labels_per_class", "augment", "views",
-             "topk", "unlabeled"]  # fmt: skip
+             "topk", "unlabeled", "pixels", "val_per_class", "crop_padding", "dtype"]  # fmt: skip
 
 
 @pytest.mark.parametrize("what", KEY_PARTS)
@@ -205,3 +214,73 @@ def test_training_with_the_cache_runs_end_to_end(tiny_cfg: TrainConfig, tmp_path
     cfg.out, cfg.cache.build, cfg.cache.views = str(tmp_path / "run2"), False, 3
     with pytest.raises(UserError, match="cache build"):
         train(cfg)
+
+
+def _colour_tree(root: Path, shade: int) -> Path:
+    """An imagefolder root (train/ and test/, classes a and b, 3 images each) of flat ``shade``-tinted 8 px PNGs."""
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c, name in enumerate("ab"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(3):
+                pixels = np.full((8, 8, 3), (shade + 40 * c + i) % 256, dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return root
+
+
+def _folder_key(root: Path, tmp_path: Path, unlabeled: Path | None = None) -> dict:
+    from sskt.data import build_dataset
+
+    cfg = cache_cfg(tmp_path)
+    cfg.data.name, cfg.data.root, cfg.data.image_size, cfg.data.labels_per_class = "imagefolder", str(root), 8, 2
+    if unlabeled is not None:
+        cfg.data.unlabeled, cfg.data.unlabeled_ratio = str(unlabeled), 1
+    spec = build_dataset(cfg.data)
+    return cache_key(cfg, spec, TrainStream(spec, cfg), {TINY: tiny_source(spec)})
+
+
+def test_folders_with_one_layout_and_other_pixels_never_share_a_cache(tmp_path: Path) -> None:
+    first, second = _colour_tree(tmp_path / "one", 10), _colour_tree(tmp_path / "two", 90)
+    key = _folder_key(first, tmp_path)
+    assert key == _folder_key(first, tmp_path), "the key is stable while nothing changes"
+    assert key["pools"]["train"]["root"] == str((first / "train").resolve())
+    assert _folder_key(second, tmp_path) != key
+    # A changed file (new pixels, hence new size or mtime) invalidates the cache of the folder it is in.
+    from PIL import Image
+
+    victim = first / "train" / "a" / "1.png"
+    before = victim.stat().st_mtime_ns
+    Image.fromarray(np.full((8, 8, 3), 255, dtype=np.uint8)).save(victim)
+    os.utime(victim, ns=(before + 10**9, before + 10**9))
+    changed_key = _folder_key(first, tmp_path)
+    assert changed_key != key and changed_key["pools"]["train"]["files_sha256"] != key["pools"]["train"]["files_sha256"]
+    # An unlabelled folder is keyed by its content too.
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(extra / "x.png")
+    with_extra = _folder_key(first, tmp_path, unlabeled=extra)
+    pool = next(v for k, v in with_extra["pools"].items() if k.startswith("folder:"))
+    Image.fromarray(np.ones((8, 8, 3), dtype=np.uint8)).save(extra / "y.png")
+    grown = _folder_key(first, tmp_path, unlabeled=extra)
+    assert next(v for k, v in grown["pools"].items() if k.startswith("folder:"))["files_sha256"] != pool["files_sha256"]
+
+
+def test_topk_away_from_temperature_1_and_unknown_dtypes_are_refused(tmp_path: Path) -> None:
+    spec = toy_spec()
+    cfg = cache_cfg(tmp_path, topk=3)
+    cfg.method.temperature = 3.0
+    with pytest.raises(UserError, match=r"cache.topk=3 is exact only at method.temperature 1, got 3.0"):
+        opened(cfg, spec, tiny_source(spec))
+    cfg = cache_cfg(tmp_path, dtype="bfloat16")
+    with pytest.raises(UserError, match=r"cache.dtype.*'bfloat16'.*float16, float32"):
+        opened(cfg, spec, tiny_source(spec))
+
+
+def test_float32_cache_stores_the_exact_fp32_logits(tmp_path: Path) -> None:
+    spec, cfg = toy_spec(), cache_cfg(tmp_path, dtype="float32")
+    src, stream = tiny_source(spec), TrainStream(spec, cfg)
+    idx = stream.labeled_indices
+    params, soft = opened(cfg, spec, src).read(idx, torch.zeros(len(idx), dtype=torch.long))
+    assert soft[TINY].dtype == torch.float32
+    assert torch.equal(soft[TINY], fresh(spec, stream, src, idx, params))

@@ -123,6 +123,7 @@ def test_check_config_names_the_bad_value_and_the_choices() -> None:
         (lambda c: setattr(c.method, "aux_loss", "l2"), "l2"),
         (lambda c: setattr(c.method, "alpha_schedule", "step"), "step"),
         (lambda c: setattr(c, "precision", "8-bit"), "8-bit"),
+        (lambda c: (setattr(c.cache, "enabled", True), setattr(c.cache, "dtype", "int8")), "int8"),
     ]:
         cfg = TrainConfig()
         edit(cfg)
@@ -130,6 +131,18 @@ def test_check_config_names_the_bad_value_and_the_choices() -> None:
             check_config(cfg)
         assert "\n" not in str(info.value)
     check_config(TrainConfig())
+
+
+def test_check_config_refuses_inexact_topk_and_bad_split_sizes_before_any_work() -> None:
+    cfg = TrainConfig()
+    cfg.cache.enabled, cfg.cache.topk, cfg.method.temperature = True, 5, 3.0
+    with pytest.raises(UserError, match="exact only at method.temperature 1"):
+        check_config(cfg)
+    for field, value in (("val_per_class", 0), ("crop_padding", -1)):
+        cfg = TrainConfig()
+        setattr(cfg.data, field, value)
+        with pytest.raises(UserError, match=f"data.{field} must be"):
+            check_config(cfg)
 
 
 def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path) -> None:

@@ -205,7 +205,10 @@ class CacheConfig:
     dir: str | None = None
     """Cache folder; None uses $SSKT_CACHE, then ~/.cache/sskt."""
     topk: int | None = None
-    """Store only the top-k logits per view (plus the remaining mass); None keeps all classes."""
+    """Store only the top-k logits per view (plus the remaining mass); None keeps all classes. Exact only at
+    method.temperature 1 (the spread-out remaining mass is not the tail's softmax at T != 1), so refused otherwise."""
+    dtype: str = "float16"
+    """Stored logit precision: 'float16' (half the disk and memory) or 'float32' (bit-exact fp32 logits)."""
 
 
 @dataclass

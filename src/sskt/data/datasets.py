@@ -7,6 +7,7 @@ Every builder takes the ``DataConfig`` and returns a ``DatasetSpec``. Images are
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +56,16 @@ class TensorImageSet:
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         return self.images[index], int(self.labels[index])
+
+    def content_digest(self) -> dict:
+        """The split's identity for the soft-label cache: sha256 over its images and labels (bytes, shape, dtype);
+        about 50 ms for Fashion-MNIST's 47 MB."""
+        h = hashlib.sha256()
+        for t in (self.images, self.labels):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+        return {"content_sha256": h.hexdigest()}
 
 
 class SubsetImageSet:

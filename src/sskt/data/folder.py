@@ -6,6 +6,7 @@ split still holds fixed-size uint8 images ``[3, S, S]``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -24,12 +25,26 @@ DEFAULT_IMAGE_SIZE = 32
 
 
 class FolderImageSet:
-    """A lazily decoded split: ``files[i]`` decodes to uint8 [3, H, W] with label ``labels[i]`` (-1 unlabelled)."""
+    """A lazily decoded split: ``files[i]`` decodes to uint8 [3, H, W] with label ``labels[i]`` (-1 unlabelled).
+    ``root`` is the folder the files were found under."""
 
-    def __init__(self, files: list[Path], labels: Tensor, size: tuple[int, int]) -> None:
+    def __init__(self, files: list[Path], labels: Tensor, size: tuple[int, int], root: Path | None = None) -> None:
         self.files = files
         self.labels = labels
         self.size = size
+        self.root = Path(root) if root is not None else Path(os.path.commonpath([str(f) for f in files]))
+
+    def content_digest(self) -> dict:
+        """The folder's identity for the soft-label cache: its resolved root and a sha256 over every file's path
+        relative to it, its size, its mtime (ns) and its label. Another folder, a changed, added, removed or
+        relabelled file gives another digest; reading it costs one ``stat`` per file, no decoding."""
+        root = self.root.resolve()
+        h = hashlib.sha256()
+        for path, label in zip(self.files, self.labels.tolist(), strict=True):
+            info = path.stat()
+            rel = os.path.relpath(path.resolve(), root)
+            h.update(f"{rel}\0{info.st_size}\0{info.st_mtime_ns}\0{label}\n".encode())
+        return {"root": str(root), "files_sha256": h.hexdigest(), "size": list(self.size)}
 
     def __len__(self) -> int:
         return len(self.files)
@@ -64,7 +79,7 @@ def unlabeled_folder(folder: str | Path, size: tuple[int, int]) -> FolderImageSe
     files = image_files(path) if path.is_dir() else []
     if not files:
         raise UserError(f"unlabeled image folder {str(path)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    return FolderImageSet(files, torch.full((len(files),), -1, dtype=torch.long), size)
+    return FolderImageSet(files, torch.full((len(files),), -1, dtype=torch.long), size, path)
 
 
 def class_tree(folder: Path, classes: list[str], size: tuple[int, int]) -> FolderImageSet:
@@ -80,7 +95,7 @@ def class_tree(folder: Path, classes: list[str], size: tuple[int, int]) -> Folde
         labels += [classes.index(name)] * len(found)
     if not files:
         raise UserError(f"image folder {str(folder)!r} holds no images in its class folders")
-    return FolderImageSet(files, torch.tensor(labels, dtype=torch.long), size)
+    return FolderImageSet(files, torch.tensor(labels, dtype=torch.long), size, folder)
 
 
 def _imagefolder_root(cfg: DataConfig) -> tuple[Path, Path]:

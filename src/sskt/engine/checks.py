@@ -38,6 +38,10 @@ def check_config(cfg: TrainConfig) -> None:
     check_choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
     check_choice("precision", str(cfg.precision), PRECISIONS)
     check_choice("accelerator", cfg.accelerator, ACCELERATORS)
+    if cfg.cache.enabled:
+        from sskt.sources.cache import check_cache_config
+
+        check_cache_config(cfg.cache, cfg.method.temperature)
     _check_positive(cfg)
 
 
@@ -70,5 +74,11 @@ def _check_positive(cfg: TrainConfig) -> None:
     }.items():
         if value < 1:
             raise UserError(f"{key} must be at least 1, got {value}")
-    if cfg.data.labels_per_class is not None and cfg.data.labels_per_class < 1:
-        raise UserError(f"data.labels_per_class must be at least 1 or null, got {cfg.data.labels_per_class}")
+    for key, value in {
+        "data.labels_per_class": cfg.data.labels_per_class,
+        "data.val_per_class": cfg.data.val_per_class,
+    }.items():
+        if value is not None and value < 1:
+            raise UserError(f"{key} must be at least 1 or null, got {value}")
+    if cfg.data.crop_padding < 0:
+        raise UserError(f"data.crop_padding must be >= 0, got {cfg.data.crop_padding}")

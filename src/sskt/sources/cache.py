@@ -65,13 +65,20 @@ def cache_path(cfg: CacheConfig, key: dict) -> Path:
     return cache_root(cfg) / f"{key['dataset']['name']}-{key_digest(key)[:16]}"
 
 
-def check_cache_config(cfg: CacheConfig, dtype: str) -> None:
-    """Raise a one-line UserError on K < 1, top-k < 1 or an unknown dtype."""
+def check_cache_config(cfg: CacheConfig, temperature: float = 1.0) -> None:
+    """Raise a one-line UserError on K < 1, top-k < 1, an unknown dtype, or top-k at a temperature other than 1."""
     if cfg.views < 1:
         raise UserError(f"cache.views must be at least 1, got {cfg.views}")
     if cfg.topk is not None and cfg.topk < 1:
         raise UserError(f"cache.topk must be at least 1 or null, got {cfg.topk}")
-    check_choice("cache dtype", dtype, DTYPES)
+    if cfg.topk is not None and temperature != 1:
+        # expand_topk spreads the remaining mass evenly; softmax(z / T) of that is not the tail's at T != 1
+        # (relative error 0.26 at T = 3 on a 1000-class source).
+        raise UserError(
+            f"cache.topk={cfg.topk} is exact only at method.temperature 1, got {temperature}; "
+            "set cache.topk null or method.temperature 1"
+        )
+    check_choice("cache.dtype", cfg.dtype, DTYPES)
 
 
 def stored_topk(topk: int | None, num_classes: int) -> int | None:

@@ -82,18 +82,23 @@ def stream_pools(stream: TrainStream) -> list[PoolPlan]:
     return list(plans.values())
 
 
-def cache_key(
-    cfg: TrainConfig, spec: DatasetSpec, stream: TrainStream, sources: Mapping[str, Source], dtype: str = "float16"
-) -> dict:
+def content_identity(split: ImageSet) -> dict:
+    """What the cached logits of ``split`` depend on besides the indices: the split's own content digest (a folder's
+    resolved root and every file's relative path, size and mtime; an in-memory split's bytes), so two folders with
+    one layout, or a changed file, never share a cache."""
+    digest = getattr(split, "content_digest", None)
+    return {} if digest is None else digest()
+
+
+def cache_key(cfg: TrainConfig, spec: DatasetSpec, stream: TrainStream, sources: Mapping[str, Source]) -> dict:
     """Everything that made the cached logits, as JSON-able data."""
     data = cfg.data
     pools = {
         p.name: {"count": len(p.indices), "indices_sha256": indices_digest(p.indices), "split_size": len(p.split)}
+        | content_identity(p.split)
         for p in stream_pools(stream)
     }
     unlabeled = stream.unlabeled
-    if unlabeled is not None and hasattr(unlabeled.split, "files"):  # a folder: its file list is its identity
-        pools[unlabeled.name]["files_sha256"] = key_digest([str(f) for f in unlabeled.split.files])
     return {
         "format": FORMAT,
         "sources": [{"key": k, **s.fingerprint()} for k, s in sources.items()],
@@ -109,7 +114,7 @@ def cache_key(
         "augment": {"preset": data.augment, "ops": _augment_desc(stream.augment)},
         "views": cfg.cache.views,
         "topk": cfg.cache.topk,
-        "dtype": dtype,
+        "dtype": cfg.cache.dtype,
         "compute": "float32",
     }
 
@@ -274,10 +279,10 @@ def build_cache(
 
 def plan_for(cfg: TrainConfig, spec: DatasetSpec, stream: TrainStream, sources: dict[str, Source]) -> Plan:
     """The build plan of a run's cache (its key, folder, pools)."""
-    dtype = "float16"
-    check_cache_config(cfg.cache, dtype)
+    dtype = cfg.cache.dtype
+    check_cache_config(cfg.cache, cfg.method.temperature)
     check_sources(sources)
-    key = cache_key(cfg, spec, stream, sources, dtype)
+    key = cache_key(cfg, spec, stream, sources)
     return Plan(cache_path(cfg.cache, key), key, stream_pools(stream), sources, stream.normalize,
                 cfg.cache.views, cfg.cache.topk, dtype, cfg.source_chunk)  # fmt: skip
 
