@@ -140,6 +140,16 @@ class MAXLConfig:
     """Weight of the regulariser that spreads generated labels over the auxiliary classes."""
     second_order: bool = True
     """Exact second-order meta-gradient; False uses the first-order finite-difference estimate."""
+    two_pass: bool = False
+    """Run each epoch as the released code does: a full pass updating the multi-task net on every batch, then a
+    full pass meta-updating the generator (over the same batches). False interleaves both updates on each batch: one
+    read of the data, and the meta step sees the multi-task net as it is now."""
+    mask_floor: float = 0.0
+    """Value of the generator's class mask outside the true class's slots: 0 is an exact mask; the released code's
+    1e-8 leaks up to 1e-8 * exp(logit gap) of the mass there."""
+    inner_lr_follows_schedule: bool = False
+    """Scale inner_lr by the multi-task net's learning-rate schedule (the released code passes the current lr);
+    False keeps inner_lr constant."""
 
 
 @dataclass
@@ -155,7 +165,8 @@ class MethodConfig:
     aux_loss: str = "ce"
     """Auxiliary loss: 'ce', 'kd', 'kd_legacy' or 'focal'."""
     primary_loss: str = "ce"
-    """Primary loss: 'ce' (single-label), 'focal', or 'bce' (multi-label)."""
+    """Primary (label) loss of every method: 'ce' (single-label), 'focal', or 'bce' (multi-label). KD, DML and MAXL
+    take 'ce' or 'focal' (MAXL's paper uses 'focal'; its presets set it)."""
     alpha_schedule: str = "constant"
     """Auxiliary-weight schedule: 'constant', 'warmup' (linear ramp) or 'cosine' (decay to alpha_floor)."""
     alpha_warmup_epochs: int = 0

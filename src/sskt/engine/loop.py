@@ -116,33 +116,39 @@ def build_parts(cfg: TrainConfig, fabric: Fabric) -> tuple[DatasetSpec, TrainStr
 
 
 def train_epoch(fabric: Fabric, method: Method, stream: TrainStream, epoch: int) -> dict:
-    """One pass over the stream. Losses and logs are summed on device and read once at the end (no per-step sync)."""
+    """Every pass (``method.phases()``, usually one) over the epoch's stream. Losses and logs are summed on device
+    and read once at the end (no per-step sync); each is the mean over the steps that reported it."""
     steps = len(stream)
     lr = method.lr()
-    loss_sum = torch.zeros((), device=fabric.device)
-    log_sums: dict[str, Tensor] = {}
+    sums: dict[str, Tensor] = {}
+    counts: dict[str, int] = {}
     images = 0
     method.start_epoch(epoch)
     start = time.perf_counter()
-    with EpochProgress(method.cfg.progress and fabric.is_global_zero, epoch, method.cfg.epochs, steps) as bar:
-        for batch in stream.epoch(epoch):
-            out = method.training_step(batch.to(fabric.device))
-            loss_sum += out.loss.float()
-            for key, value in out.logs.items():
-                log_sums[key] = log_sums.get(key, 0) + value.float()
-            images += batch.images.shape[0]
-            bar.advance(batch.images.shape[0])
+    phases = method.phases()
+    show = method.cfg.progress and fabric.is_global_zero
+    with EpochProgress(show, epoch, method.cfg.epochs, steps * len(phases)) as bar:
+        for phase in phases:
+            method.start_phase(phase)
+            for batch in stream.epoch(epoch):
+                out = method.training_step(batch.to(fabric.device))
+                for key, value in {"train_loss": out.loss, **out.logs}.items():
+                    if value is not None:
+                        sums[key] = sums.get(key, 0) + value.float()
+                        counts[key] = counts.get(key, 0) + 1
+                images += batch.images.shape[0]
+                bar.advance(batch.images.shape[0])
     method.end_epoch(epoch)
     seconds = time.perf_counter() - start
     # One all-reduce per epoch: the mean over every device's steps.
-    means = fabric.all_reduce({"train_loss": loss_sum, **log_sums}, reduce_op="mean")
-    means = {k: (v / steps).item() for k, v in means.items()}
+    means = fabric.all_reduce(sums, reduce_op="mean")
+    means = {k: (v / counts[k]).item() for k, v in means.items()}
     return {
         "epoch": epoch + 1,
         "train_loss": means.pop("train_loss"),
         "lr": lr,
         "epoch_seconds": seconds,
-        "images_per_second": images / max(seconds, 1e-9),  # rows this process trained on
+        "images_per_second": images / max(seconds, 1e-9),  # rows this process trained on, every pass
         **means,
     }
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -25,9 +25,16 @@ def mutual_kl(logits: Tensor, peer_logits: Sequence[Tensor], temperature: float 
     return total * temperature**2 / len(peer_logits)
 
 
-def dml_loss(logits: Tensor, labels: Tensor, peer_logits: Sequence[Tensor], temperature: float = 1.0) -> Tensor:
+def dml_loss(
+    logits: Tensor,
+    labels: Tensor,
+    peer_logits: Sequence[Tensor],
+    temperature: float = 1.0,
+    primary: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+) -> Tensor:
     """Peer k's DML objective: ``CE(p_k, y) + 1/(K-1) sum_{l != k} KL(p_l || p_k)`` (Zhang et al. 2018, eq. 10).
 
-    ``logits`` [B, C] of peer k, ``labels`` int64 [B], ``peer_logits`` K-1 tensors [B, C] (detached inside).
+    ``logits`` [B, C] of peer k, ``labels`` int64 [B], ``peer_logits`` K-1 tensors [B, C] (detached inside);
+    ``primary`` replaces the label cross-entropy (``method.primary_loss``).
     """
-    return F.cross_entropy(logits, labels) + mutual_kl(logits, peer_logits, temperature)
+    return primary(logits, labels) + mutual_kl(logits, peer_logits, temperature)

@@ -1,13 +1,15 @@
 """The contract between a method and the training loop. The loop never branches on a method's name.
 
 A method owns its networks, optimizers and schedulers. The engine builds it with a ``MethodContext``, calls
-``setup(fabric)`` once, then per epoch ``start_epoch``, ``training_step`` for every batch (the method does its own
-backward and optimizer steps, so DML and MAXL can alternate several), and ``end_epoch``. Evaluation runs every
+``setup(fabric)`` once, then per epoch ``start_epoch``, for each of its ``phases()`` (usually one) ``start_phase``
+and ``training_step`` for every batch (the method does its own backward and optimizer steps, so DML and MAXL can
+alternate several), and ``end_epoch``. Evaluation runs every
 network in ``evaluated()``; checkpoints hold ``state_dict()``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -16,6 +18,7 @@ from torch import Tensor, nn
 
 from sskt.config import TrainConfig
 from sskt.data.spec import Batch, DatasetSpec
+from sskt.errors import UserError
 from sskt.optim import build_scheduler, build_sgd
 
 if TYPE_CHECKING:
@@ -27,8 +30,9 @@ class StepOutput:
     """What one training step reports: the (detached) loss, the primary logits of the labelled rows, and extra
     scalars to log (each a 0-d tensor, kept on device so the step never syncs with the host)."""
 
-    loss: Tensor
-    logits: Tensor
+    loss: Tensor | None
+    """None in a phase that trains no network on the labels (MAXL's meta pass)."""
+    logits: Tensor | None
     logs: dict[str, Tensor] = field(default_factory=dict)
 
 
@@ -39,6 +43,17 @@ class MethodContext:
     cfg: TrainConfig
     spec: DatasetSpec
     steps_per_epoch: int
+
+
+def single_label_primary(method: str, name: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """The label loss ``method.primary_loss`` names, for a method of single-label data: 'ce' or 'focal'; 'bce'
+    (multi-label) is a one-line UserError naming the valid choices."""
+    from sskt.losses import primary_loss
+
+    valid = ("ce", "focal")
+    if name not in valid:
+        raise UserError(f"method {method!r} takes method.primary_loss 'ce' or 'focal' (single-label); got {name!r}")
+    return primary_loss(name)
 
 
 class Method:
@@ -60,6 +75,14 @@ class Method:
         self.epoch = epoch
         for net in self.trained().values():
             net.train()
+
+    def phases(self) -> tuple[str, ...]:
+        """The passes over the epoch's batches, in order; the engine replays the same batches for each and calls
+        ``start_phase`` before it. One pass ('train') unless the method needs more (MAXL's released schedule)."""
+        return ("train",)
+
+    def start_phase(self, phase: str) -> None:
+        """Called before each pass of ``phases()``."""
 
     def training_step(self, batch: Batch) -> StepOutput:
         """Forward, backward and optimizer step(s) on one batch."""

@@ -23,7 +23,7 @@ from sskt.data.spec import Batch
 from sskt.errors import UserError
 from sskt.losses.mutual import dml_loss
 from sskt.methods import METHODS
-from sskt.methods.base import Method, MethodContext, StepOutput
+from sskt.methods.base import Method, MethodContext, StepOutput, single_label_primary
 from sskt.models.base import TargetOutput
 from sskt.optim import build_scheduler, build_sgd
 
@@ -55,6 +55,7 @@ class DML(Method):
             raise UserError(f"method 'dml' needs a single-label dataset; {ctx.spec.name!r} is {ctx.spec.task!r}")
         if not self.cfg.method.dml.peers:
             raise UserError("method.dml.peers is empty; DML needs at least one peer besides the target (e.g. resnet56)")
+        self.primary = single_label_primary("dml", self.cfg.method.primary_loss)
         classes = ctx.spec.num_classes
         self.names = ["target"] + [f"peer{i}" for i in range(1, len(self.cfg.method.dml.peers) + 1)]
         # Seed right before building so the target starts from the same weights as scratch with the same seed.
@@ -88,7 +89,7 @@ class DML(Method):
         losses = []
         for k, opt in enumerate(self.opts):
             others = [out.detach() for j, out in enumerate(outputs) if j != k]
-            loss = dml_loss(outputs[k], labels, others, self.cfg.method.dml.temperature)
+            loss = dml_loss(outputs[k], labels, others, self.cfg.method.dml.temperature, self.primary)
             opt.zero_grad(set_to_none=True)
             self.fabric.backward(loss)
             opt.step()

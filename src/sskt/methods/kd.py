@@ -11,6 +11,8 @@ frozen and re-normalised/resized from the target's batch like every source. The 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -19,20 +21,27 @@ from sskt.config import SourceConfig
 from sskt.data.spec import Batch
 from sskt.errors import UserError
 from sskt.methods import METHODS
-from sskt.methods.base import MethodContext, SingleNetMethod
+from sskt.methods.base import MethodContext, SingleNetMethod, single_label_primary
 
 
 def kd_objective(
-    logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float, lam: float, legacy: bool = False
+    logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    temperature: float,
+    lam: float,
+    legacy: bool = False,
+    primary: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(1 - lam) CE(z, y) + lam * KD(z, t; T)`` and its two terms ``(loss, ce, kd)``.
 
     ``logits`` [B, C] student, ``teacher_logits`` [B, C] (no gradient needed), ``labels`` int64 [B]. ``KD`` is
     ``T^2 KL(softmax(t/T) || softmax(z/T))`` batchmean, or the released code's elementwise mean when ``legacy``.
+    ``primary`` replaces the label cross-entropy (``method.primary_loss``).
     """
     from sskt import losses
 
-    ce = F.cross_entropy(logits, labels)
+    ce = primary(logits, labels)
     distill = (losses.kd_legacy if legacy else losses.kd)(logits, teacher_logits.detach(), temperature)
     return (1 - lam) * ce + lam * distill, ce, distill
 
@@ -49,6 +58,7 @@ class KD(SingleNetMethod):
         kd = self.cfg.method.kd
         if ctx.spec.task != "single_label":
             raise UserError(f"method 'kd' needs a single-label dataset; {ctx.spec.name!r} is {ctx.spec.task!r}")
+        self.primary = single_label_primary("kd", self.cfg.method.primary_loss)
         if not kd.teacher:
             raise UserError("method 'kd' needs a teacher; set method.kd.teacher: checkpoint:<teacher run dir>")
         teacher_cfg = SourceConfig(name=kd.teacher, input_size=kd.teacher_input_size)
@@ -75,5 +85,7 @@ class KD(SingleNetMethod):
         with torch.no_grad(), self.fabric.autocast():
             teacher_logits = self.bank(images)["teacher"].float()
         logits = self.net(images).logits
-        loss, ce, distill = kd_objective(logits, teacher_logits, batch.labels, kd.temperature, kd.lam, kd.legacy)
+        loss, ce, distill = kd_objective(
+            logits, teacher_logits, batch.labels, kd.temperature, kd.lam, kd.legacy, self.primary
+        )
         return loss, logits, {"ce_loss": ce.detach(), "kd_loss": distill.detach()}

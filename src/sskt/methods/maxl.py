@@ -9,10 +9,15 @@ its primary task plus an auxiliary task whose labels come from a label generator
 ``g`` descends ``L_pri(theta+) + entropy_weight * sum_k pbar_k log pbar_k`` (second order through ``theta+``).
 
 Schedule: the released code runs each epoch twice over the data, first updating ``f`` on every batch, then
-meta-updating ``g`` on every batch. The engine hands us one pass per epoch, so both phases run interleaved on each
-batch (update ``f``, then meta-update ``g`` on the same images). Each network still gets exactly one update per batch
-per epoch, as in the paper, the data are read once instead of twice, and the meta step differentiates through the
-``theta`` that ``f`` actually has now rather than one that is up to an epoch stale.
+meta-updating ``g`` on every batch; ``maxl.two_pass`` does that (the engine replays the epoch's batches for the
+second pass). By default both phases run interleaved on each batch instead (update ``f``, then meta-update ``g`` on
+the same images): each network still gets exactly one update per batch per epoch, the data are read once instead of
+twice, and the meta step differentiates through the ``theta`` that ``f`` actually has now rather than one that is
+up to an epoch stale.
+
+The released code also floors the class mask at 1e-8 (``maxl.mask_floor``; default 0, an exact mask) and passes
+the current, scheduled learning rate as the inner one (``maxl.inner_lr_follows_schedule``). The primary loss is
+``method.primary_loss`` ('focal' in the paper and in the presets, 'ce' allowed); the auxiliary one is always focal.
 
 The virtual step runs through ``torch.func.functional_call`` with copies of ``f``'s buffers, so BatchNorm uses batch
 statistics there and ``f``'s running statistics are left exactly as the real update left them.
@@ -21,9 +26,11 @@ statistics there and ``f``'s running statistics are left exactly as the real upd
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -32,7 +39,7 @@ from sskt.data.spec import Batch
 from sskt.errors import UserError
 from sskt.losses.maxl import focal_to_probs, label_entropy_penalty, masked_softmax
 from sskt.methods import METHODS
-from sskt.methods.base import Method, MethodContext, StepOutput
+from sskt.methods.base import Method, MethodContext, StepOutput, single_label_primary
 from sskt.models.base import TargetOutput
 from sskt.optim import build_scheduler, build_sgd
 
@@ -52,15 +59,21 @@ def _logits(out: TargetOutput | Tensor) -> Tensor:
     return out.logits if isinstance(out, TargetOutput) else out
 
 
-def generate_labels(generator: nn.Module, images: Tensor, labels: Tensor, psi: int) -> Tensor:
-    """``g(x, y)``: masked-softmax auxiliary labels [B, C * psi] for images [B, ...] and int64 labels [B]."""
-    return masked_softmax(_logits(generator(images)), labels, psi)
+PrimaryLoss = Callable[[Tensor, Tensor], Tensor]
 
 
-def multitask_loss(out: TargetOutput, labels: Tensor, gen_labels: Tensor) -> Tensor:
-    """``L_pri + L_aux``: focal loss (gamma 2) of the primary head on ``labels`` and of the auxiliary head on the
-    generated labels [B, C * psi]."""
-    return focal_to_probs(out.logits, labels) + focal_to_probs(out.aux_logits[AUX_HEAD], gen_labels)
+def generate_labels(generator: nn.Module, images: Tensor, labels: Tensor, psi: int, floor: float = 0.0) -> Tensor:
+    """``g(x, y)``: masked-softmax auxiliary labels [B, C * psi] for images [B, ...] and int64 labels [B]; ``floor``
+    is the mask value outside the true class's slots."""
+    return masked_softmax(_logits(generator(images)), labels, psi, floor)
+
+
+def multitask_loss(
+    out: TargetOutput, labels: Tensor, gen_labels: Tensor, primary: PrimaryLoss = focal_to_probs
+) -> Tensor:
+    """``L_pri + L_aux``: the primary loss (focal, gamma 2, by default) of the primary head on ``labels`` and the
+    focal loss of the auxiliary head on the generated labels [B, C * psi]."""
+    return primary(out.logits, labels) + focal_to_probs(out.aux_logits[AUX_HEAD], gen_labels)
 
 
 def _call(net: nn.Module, params: Params, images: Tensor) -> TargetOutput:
@@ -76,12 +89,19 @@ def _grad(loss: Tensor, inputs: list[Tensor], create_graph: bool = False) -> lis
 
 
 def virtual_step(
-    net: nn.Module, images: Tensor, labels: Tensor, gen_labels: Tensor, inner_lr: float, create_graph: bool
+    net: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    gen_labels: Tensor,
+    inner_lr: float,
+    create_graph: bool,
+    primary: PrimaryLoss = focal_to_probs,
 ) -> Params:
     """``theta+ = theta - inner_lr * grad_theta(L_pri + L_aux)``; with ``create_graph`` it stays differentiable in
     ``theta`` and in ``gen_labels`` (and so in the generator)."""
     params = dict(net.named_parameters())
-    grads = _grad(multitask_loss(_call(net, params, images), labels, gen_labels), list(params.values()), create_graph)
+    loss = multitask_loss(_call(net, params, images), labels, gen_labels, primary)
+    grads = _grad(loss, list(params.values()), create_graph)
     return {name: p - inner_lr * g for (name, p), g in zip(params.items(), grads, strict=True)}
 
 
@@ -94,6 +114,8 @@ def meta_gradient(
     inner_lr: float,
     entropy_weight: float,
     second_order: bool = True,
+    primary: PrimaryLoss = focal_to_probs,
+    floor: float = 0.0,
 ) -> tuple[list[Tensor], Tensor]:
     """Gradient of ``L_pri(theta+) + entropy_weight * sum_k pbar_k log pbar_k`` with respect to the generator's
     parameters (in ``generator.parameters()`` order), and that meta loss (detached).
@@ -103,22 +125,22 @@ def meta_gradient(
     ``-inner_lr * (grad_phi L(theta + eps v) - grad_phi L(theta - eps v)) / (2 eps)``, ``v = grad L_pri(theta+)``.
     """
     gen_params = list(generator.parameters())
-    gen_labels = generate_labels(generator, images, labels, psi)
+    gen_labels = generate_labels(generator, images, labels, psi, floor)
     penalty = entropy_weight * label_entropy_penalty(gen_labels)
     if second_order:
-        fast = virtual_step(net, images, labels, gen_labels, inner_lr, create_graph=True)
-        meta = focal_to_probs(_call(net, fast, images).logits, labels)
+        fast = virtual_step(net, images, labels, gen_labels, inner_lr, create_graph=True, primary=primary)
+        meta = primary(_call(net, fast, images).logits, labels)
         return _grad(meta + penalty, gen_params), (meta + penalty).detach()
-    fast = virtual_step(net, images, labels, gen_labels.detach(), inner_lr, create_graph=False)
+    fast = virtual_step(net, images, labels, gen_labels.detach(), inner_lr, create_graph=False, primary=primary)
     fast = {name: p.detach().requires_grad_() for name, p in fast.items()}
-    meta = focal_to_probs(_call(net, fast, images).logits, labels)
+    meta = primary(_call(net, fast, images).logits, labels)
     v = _grad(meta, list(fast.values()))
     eps = FD_SCALE / torch.sqrt(sum((g * g).sum() for g in v)).clamp_min(1e-12)
     theta = {name: p.detach() for name, p in net.named_parameters()}
     plus = {name: p + eps * g for (name, p), g in zip(theta.items(), v, strict=True)}
     minus = {name: p - eps * g for (name, p), g in zip(theta.items(), v, strict=True)}
-    diff = multitask_loss(_call(net, plus, images), labels, gen_labels)
-    diff = diff - multitask_loss(_call(net, minus, images), labels, gen_labels)
+    diff = multitask_loss(_call(net, plus, images), labels, gen_labels, primary)
+    diff = diff - multitask_loss(_call(net, minus, images), labels, gen_labels, primary)
     return _grad(-inner_lr * diff / (2 * eps) + penalty, gen_params), (meta + penalty).detach()
 
 
@@ -135,6 +157,12 @@ class MAXL(Method):
         self.mcfg = self.cfg.method.maxl
         if self.mcfg.psi < 1:
             raise UserError(f"method.maxl.psi must be >= 1, got {self.mcfg.psi}")
+        if not 0 <= self.mcfg.mask_floor < 1:
+            raise UserError(f"method.maxl.mask_floor must be in [0, 1), got {self.mcfg.mask_floor}")
+        name = self.cfg.method.primary_loss
+        single_label_primary("maxl", name)  # 'ce' or 'focal'; 'bce' is refused
+        self.primary: PrimaryLoss = focal_to_probs if name == "focal" else F.cross_entropy
+        self.phase = "both"
         classes = ctx.spec.num_classes
         width = self.mcfg.psi * classes
         torch.manual_seed(self.cfg.seed)  # the backbone starts as scratch's does with the same seed
@@ -162,19 +190,36 @@ class MAXL(Method):
         self.sched = build_scheduler(self.opt, self.cfg.optim, self.cfg.epochs)
         self.gen_sched = build_scheduler(self.gen_opt, gen_optim, self.cfg.epochs)
 
+    def phases(self) -> tuple[str, ...]:
+        """'both' (interleaved, one pass), or the released code's 'multitask' pass then 'meta' pass."""
+        return ("multitask", "meta") if self.mcfg.two_pass else ("both",)
+
+    def start_phase(self, phase: str) -> None:
+        self.phase = phase
+
     def training_step(self, batch: Batch) -> StepOutput:
         images, labels = batch.labeled_images, batch.labels
-        # Phase 1: the multi-task network learns both tasks against the current generator's labels.
+        if self.phase == "meta":  # the released code's second pass: the generator only
+            return StepOutput(None, None, {"meta_loss": self.meta_step(images, labels)})
+        # The multi-task network learns both tasks against the current generator's labels.
         with torch.no_grad():
-            gen_labels = generate_labels(self.gen, images, labels, self.mcfg.psi)
+            gen_labels = generate_labels(self.gen, images, labels, self.mcfg.psi, self.mcfg.mask_floor)
         out = self.net(images)
-        loss = multitask_loss(out, labels, gen_labels)
+        loss = multitask_loss(out, labels, gen_labels, self.primary)
         self.opt.zero_grad(set_to_none=True)
         self.fabric.backward(loss)
         self.opt.step()
-        # Phase 2: the generator's meta step on the same batch.
+        if self.phase == "multitask":
+            return StepOutput(loss.detach(), out.logits.detach())
+        # Interleaved: the generator's meta step on the same batch.
         meta = self.meta_step(images, labels)
         return StepOutput(loss.detach(), out.logits.detach(), {"meta_loss": meta})
+
+    def inner_lr(self) -> float:
+        """The virtual step's learning rate: ``inner_lr``, scaled by the schedule when it follows it."""
+        if not self.mcfg.inner_lr_follows_schedule:
+            return self.mcfg.inner_lr
+        return self.mcfg.inner_lr * self.opt.param_groups[0]["lr"] / self.cfg.optim.lr
 
     def meta_step(self, images: Tensor, labels: Tensor) -> Tensor:
         """One meta-update of the generator on a labelled batch; returns the meta loss (detached)."""
@@ -185,9 +230,11 @@ class MAXL(Method):
                 images,
                 labels,
                 self.mcfg.psi,
-                self.mcfg.inner_lr,
+                self.inner_lr(),
                 self.mcfg.entropy_weight,
                 self.mcfg.second_order,
+                self.primary,
+                self.mcfg.mask_floor,
             )
         self.gen_opt.zero_grad(set_to_none=True)
         for p, g in zip(self.gen_module.parameters(), grads, strict=True):
