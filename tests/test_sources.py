@@ -390,3 +390,31 @@ def test_faithful_presets_use_the_authors_v1_weights() -> None:
         assert "resnet50.imagenet" not in names, preset.name
     faithful = yaml.safe_load((presets[0].parent / "cifar10_faithful.yaml").read_text())
     assert faithful["x-sources"]["I"]["name"] == "resnet50.imagenet_v1"
+
+
+def test_timm_source_with_a_weights_url_loads_that_file(weights: dict[str, str], monkeypatch) -> None:
+    """A URL given as a timm source's weights is what loads, not timm's hub weights for the model."""
+    import timm
+
+    fetched: list[str] = []
+
+    def from_url(url: str, **kwargs: object) -> dict[str, torch.Tensor]:
+        fetched.append(url)
+        return torch.load(weights["timm:test_resnet"], weights_only=True)
+
+    def no_hub(*args: object, **kwargs: object) -> None:
+        raise AssertionError("timm's pretrained download must not run when weights are given")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", from_url)
+    real_create = timm.create_model
+    monkeypatch.setattr(
+        timm, "create_model", lambda n, pretrained=False, **kw: no_hub() if pretrained else real_create(n, **kw)
+    )
+    url = "https://example.org/my_test_resnet.pth"
+    src = build_source(SourceConfig(name="timm:test_resnet", weights=url), TARGET_MEAN, TARGET_STD)
+    assert fetched == [url]
+    expected = torch.load(weights["timm:test_resnet"], weights_only=True)
+    for key, value in src.net.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    from_file = build("timm:test_resnet", weights)
+    assert all(torch.equal(v, from_file.net.state_dict()[k]) for k, v in src.net.state_dict().items())

@@ -22,7 +22,7 @@ import torchvision
 
 from sskt.errors import UserError, choice_error
 from sskt.sources.base import SOURCES, Pretrained
-from sskt.sources.weights import load_into, load_state_file, load_weights
+from sskt.sources.weights import load_into, load_weights
 
 # Shown by name in `sskt list sources`; every other torchvision classifier works as '<arch>.imagenet' too.
 LISTED_TORCHVISION = ("resnet18", "resnet34", "resnet50", "vgg16")
@@ -90,19 +90,19 @@ def _import_timm() -> Any:
 
 @SOURCES.register_prefix("timm:")
 def timm_source(name: str, weights: str | None = None) -> Pretrained:
-    """timm model ``name`` with its pretrained weights (timm's download) or a local weights file; mean, std and size
-    come from timm's data config for the model."""
+    """timm model ``name`` with its pretrained weights (timm's download), or with ``weights``: a local file or a URL,
+    which is then what loads (downloaded through torch's hub cache and read with ``weights_only=True``), never
+    timm's own hub weights. Mean, std and size come from timm's data config for the model."""
     timm = _import_timm()
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=5)
         raise UserError(f"unknown timm model {name!r}; valid choices: timm.list_models() (closest: {', '.join(close)})")
     what = f"source 'timm:{name}'"
-    if weights is not None and not weights.startswith(("http://", "https://")):
-        net = load_into(timm.create_model(name, pretrained=False), load_state_file(weights, what), what)
+    if weights is not None:
+        net = load_into(timm.create_model(name, pretrained=False), load_weights(weights, None, what), what)
     else:
-        overlay = {"url": weights} if weights else None
         try:
-            net = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
+            net = timm.create_model(name, pretrained=True)
         except Exception as exc:  # offline hub, missing weights: several error types
             raise UserError(
                 f"could not fetch the pretrained weights of {what} ({type(exc).__name__}); without network, pass a "
