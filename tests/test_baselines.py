@@ -91,11 +91,11 @@ def toy_batch(n: int = 8, classes: int = 4) -> Batch:
     return Batch(torch.randn(n, 3, 16, 16, generator=g), torch.arange(n) % classes, torch.arange(n), n)
 
 
-def built(name: str, model: str, **method: object):
-    """A method on the toy spec, set up on a CPU Fabric (no engine)."""
+def built(name: str, model: str, primary: str = "ce", **method: object):
+    """A method on the toy spec with ``method.primary_loss`` ``primary``, set up on a CPU Fabric (no engine)."""
     cfg = TrainConfig(seed=0, accelerator="cpu", progress=False)
     cfg.model.name = model
-    cfg.method.name = name
+    cfg.method.name, cfg.method.primary_loss = name, primary
     cfg.method.dml.peers = [model]
     for key, value in method.items():
         setattr(getattr(cfg.method, name), key, value)
@@ -266,18 +266,6 @@ def test_baseline_resumes_exactly(tiny_cfg: TrainConfig, tiny_model: str, name: 
 
 
 # --- method.primary_loss is honoured by every baseline, or refused ---------------------------------------------------
-def built_with_primary(name: str, model: str, primary: str, **method: object):
-    cfg = TrainConfig(seed=0, accelerator="cpu", progress=False)
-    cfg.model.name, cfg.method.name, cfg.method.primary_loss = model, name, primary
-    cfg.method.dml.peers = [model]
-    for key, value in method.items():
-        setattr(getattr(cfg.method, name), key, value)
-    m = METHODS.create(name, ctx=MethodContext(cfg, toy_spec(), steps_per_epoch=2))
-    m.setup(Fabric(accelerator="cpu", devices=1))
-    m.start_epoch(0)
-    return m
-
-
 def test_kd_objective_takes_the_configured_label_loss() -> None:
     from sskt.losses import focal
 
@@ -291,16 +279,16 @@ def test_dml_and_maxl_use_the_configured_label_loss(tiny_model: str) -> None:
     from sskt.losses import cross_entropy, focal
     from sskt.methods.maxl import focal_to_probs
 
-    assert built_with_primary("dml", tiny_model, "focal").primary is focal
-    assert built_with_primary("dml", tiny_model, "ce").primary is cross_entropy
-    assert built_with_primary("maxl", tiny_model, "focal").primary is focal_to_probs  # the paper's
-    assert built_with_primary("maxl", tiny_model, "ce").primary is F.cross_entropy
+    assert built("dml", tiny_model, primary="focal").primary is focal
+    assert built("dml", tiny_model, primary="ce").primary is cross_entropy
+    assert built("maxl", tiny_model, primary="focal").primary is focal_to_probs  # the paper's
+    assert built("maxl", tiny_model, primary="ce").primary is F.cross_entropy
     # The loss a DML peer minimises changes with it.
     batch = toy_batch()
     losses = {}
     for primary in ("ce", "focal"):
         torch.manual_seed(0)
-        losses[primary] = built_with_primary("dml", tiny_model, primary).training_step(batch).loss.item()
+        losses[primary] = built("dml", tiny_model, primary=primary).training_step(batch).loss.item()
     assert losses["focal"] < losses["ce"]
 
 
@@ -308,7 +296,7 @@ def test_dml_and_maxl_use_the_configured_label_loss(tiny_model: str) -> None:
 def test_a_multi_label_primary_loss_is_refused_by_single_label_baselines(name: str, tiny_model: str) -> None:
     method = {"teacher": "checkpoint:/nonexistent"} if name == "kd" else {}
     with pytest.raises(UserError, match=rf"method '{name}' takes method.primary_loss 'ce' or 'focal'.*'bce'"):
-        built_with_primary(name, tiny_model, "bce", **method)
+        built(name, tiny_model, primary="bce", **method)
 
 
 # --- MAXL as the authors ran it ---------------------------------------------------------------------------------------

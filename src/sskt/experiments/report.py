@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sskt.errors import UserError, choice_error
-from sskt.experiments.runs import Run, find_runs
+from sskt.experiments.runs import Run, find_runs, provenance
 from sskt.experiments.stats import PairedDiff, Summary, paired_diff, summarize
 
 # Keys a method brings with it: a group's scratch counterpart agrees with it on everything else.
@@ -249,18 +249,6 @@ def csv_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
                 row[f"{which}_diff_n"] = d.n
         out.append(row)
     return out
-
-
-def provenance(runs: Sequence[Run]) -> list[str]:
-    """Markdown lines: the git commits and the package versions the runs came from."""
-    commits = sorted({str(r.summary.get("git_commit")) for r in runs})
-    versions: dict[str, set[str]] = {}
-    for r in runs:
-        for pkg, v in (r.summary.get("versions") or {}).items():
-            versions.setdefault(pkg, set()).add(str(v))
-    lines = [f"- git commits: {', '.join(c[:12] for c in commits)}"]
-    lines += [f"- {pkg}: {', '.join(sorted(vs))}" for pkg, vs in sorted(versions.items())]
-    return lines
 
 
 def curve(group: Group, metric: str) -> tuple[list[int], list[Summary]]:

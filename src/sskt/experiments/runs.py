@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,3 +90,15 @@ def find_runs(root: Path) -> tuple[list[Run], list[Path]]:
     runs = [load_run(p.parent) for p in sorted(root.rglob("summary.json")) if (p.parent / "config.yaml").exists()]
     unfinished = [p.parent for p in sorted(root.rglob("config.yaml")) if not (p.parent / "summary.json").exists()]
     return runs, unfinished
+
+
+def provenance(runs: Sequence[Run]) -> list[str]:
+    """Markdown lines: the git commits and the package versions the runs came from."""
+    commits = sorted({str(r.summary.get("git_commit")) for r in runs})
+    versions: dict[str, set[str]] = {}
+    for r in runs:
+        for pkg, v in (r.summary.get("versions") or {}).items():
+            versions.setdefault(pkg, set()).add(str(v))
+    lines = [f"- git commits: {', '.join(c[:12] for c in commits)}"]
+    lines += [f"- {pkg}: {', '.join(sorted(vs))}" for pkg, vs in sorted(versions.items())]
+    return lines

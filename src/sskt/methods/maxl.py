@@ -198,6 +198,7 @@ class MAXL(Method):
         self.phase = phase
 
     def training_step(self, batch: Batch) -> StepOutput:
+        """The multi-task update, the generator's meta update, or both in turn, as the current phase says."""
         images, labels = batch.labeled_images, batch.labels
         if self.phase == "meta":  # the released code's second pass: the generator only
             return StepOutput(None, None, {"meta_loss": self.meta_step(images, labels)})
