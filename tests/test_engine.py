@@ -161,3 +161,18 @@ def test_unreadable_checkpoint_is_a_user_error(tmp_path) -> None:
         load_checkpoint(tmp_path / "bad.pt")
     with pytest.raises(UserError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_a_run_made_before_a_field_retired_still_reads(runs: dict, tmp_path) -> None:
+    """``data.unlabeled_primary`` was never read and is gone; run directories that recorded it still load."""
+    import shutil
+
+    import yaml
+
+    old = tmp_path / "old"
+    shutil.copytree(runs["root"] / "full", old)
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    config["data"]["unlabeled_primary"] = False
+    (old / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert load_config(old / "config.yaml").epochs == 2
+    assert evaluate(old)["test_acc"] == pytest.approx(runs["full"]["final"]["test_acc"], abs=1e-6)

@@ -60,9 +60,23 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
+RETIRED = {("data", "unlabeled_primary")}
+"""Fields older runs wrote that no longer exist because nothing ever read them: dropped when an old ``config.yaml``
+is read, so its run still evaluates, serves as a ``checkpoint:`` source and passes the grid's drift check."""
+
+
+def drop_retired(data: dict) -> dict:
+    """``data`` without the ``RETIRED`` fields (a copy; nested one level, as they are)."""
+    data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+    for block, name in RETIRED:
+        if isinstance(data.get(block), dict):
+            data[block].pop(name, None)
+    return data
+
+
 def load_config(path: str | Path) -> TrainConfig:
-    """Read a run's ``config.yaml`` back into a TrainConfig."""
+    """Read a run's ``config.yaml`` back into a TrainConfig (fields in ``RETIRED`` are dropped)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {str(path)!r} does not exist")
-    return config_from_dict(TrainConfig, yaml.safe_load(path.read_text()) or {})
+    return config_from_dict(TrainConfig, drop_retired(yaml.safe_load(path.read_text()) or {}))

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from sskt.engine.config_io import drop_retired
 from sskt.engine.records import read_summary
 
 # Keys that change where or how fast a run goes, not what it computes: runs differing only in these (and the seed)
@@ -78,7 +79,7 @@ def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
 
 def load_run(path: Path) -> Run:
     """Read one run directory (it must hold ``summary.json`` and ``config.yaml``)."""
-    config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    config = drop_retired(yaml.safe_load((path / "config.yaml").read_text()) or {})
     summary = read_summary(path)
     lines = (path / "records.jsonl").read_text().splitlines() if (path / "records.jsonl").exists() else []
     records = [json.loads(line) for line in lines if line.strip()]
