@@ -1,4 +1,4 @@
-# Two entry points: `make demo` (train scratch and SSKT on Fashion-MNIST, 20-40 min on 2 CPU cores, then a table
+# Two entry points: `make demo` (train scratch and SSKT on Fashion-MNIST, under 15 min on 2 CPU cores, then a table
 # and a plot) and `make test` (the test suite without the slow tests). Both set up .venv on first use.
 
 PYTHON ?= python3
