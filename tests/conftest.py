@@ -25,14 +25,24 @@ learning test depends on one seed's luck (or on one CPU's rounding of it)."""
 def learned(name: str, value: float, threshold: float) -> bool:
     """``value > threshold``, appending ``{test, value, threshold, margin}`` as a JSON line to $SSKT_MARGIN_LOG when it
     is set, so the margins of the learning tests can be read off a run of the suite."""
+    _log_margin(name, value, threshold, value - threshold)
+    return value > threshold
+
+
+def fell(name: str, ratio: float, threshold: float) -> bool:
+    """``ratio < threshold`` for a loss that must fall (last / first epoch), logged like ``learned``."""
+    _log_margin(name, ratio, threshold, threshold - ratio)
+    return ratio < threshold
+
+
+def _log_margin(name: str, value: float, threshold: float, margin: float) -> None:
     log = os.environ.get("SSKT_MARGIN_LOG")
     if log:
         test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
-        row = {"test": test, "what": name, "value": value, "threshold": threshold, "margin": value - threshold}
+        row = {"test": test, "what": name, "value": value, "threshold": threshold, "margin": margin}
         row |= {"seed": TEST_SEED, "threads": os.environ.get("OMP_NUM_THREADS")}
         with open(log, "a") as f:
             f.write(json.dumps(row) + "\n")
-    return value > threshold
 
 
 def _write_idx(path: Path, data: torch.Tensor) -> None:

@@ -355,3 +355,22 @@ def test_crop_padding_is_4_px_at_every_size_and_configurable() -> None:
     assert wide.ops[-2].padding == 6 and wide.identity_params(1)[0, :2].tolist() == [6, 6]
     stream = TrainStream(toy_spec(size=32, side=32), train_cfg(crop_padding=2))
     assert stream.augment.ops[-2].padding == 2
+
+
+def test_validation_split_of_a_folder_dataset_decodes_its_own_images(colour_folder: Path) -> None:
+    from sskt.data.datasets import SubsetImageSet
+    from sskt.engine.evaluation import eval_splits
+
+    cfg = train_cfg(name="imagefolder", root=str(colour_folder), image_size=16, val_per_class=3)
+    spec = build_dataset(cfg.data)
+    stream = TrainStream(spec, cfg)
+    val = stream.val_indices
+    assert torch.bincount(spec.train.labels[val]).tolist() == [3, 3, 3, 3]
+    splits = eval_splits(spec, val, batch_size=5)
+    assert list(splits) == ["val", "test"]
+    images, labels = zip(*splits["val"], strict=True)
+    assert torch.equal(torch.cat(labels), spec.train.labels[val])
+    subset = SubsetImageSet(spec.train, val)
+    expected = torch.stack([spec.train[int(i)][0] for i in val]).float() / 255
+    assert torch.allclose(stream.normalize.inverse(torch.cat(images)), expected, atol=1e-5)
+    assert torch.equal(subset[0][0], spec.train[int(val[0])][0])
