@@ -430,3 +430,16 @@ def test_runs_whose_teacher_path_names_their_own_seed_are_one_setting(tmp_path: 
     config["method"]["kd"]["teacher"] = "checkpoint:runs/teachers/t-seed2"  # another seed's teacher: not a replicate
     (tmp_path / "kd-seed1" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     assert len(group_runs([runs[0], load_run(tmp_path / "kd-seed1"), runs[2]])) == 2
+
+
+def test_report_can_leave_out_the_seeds_that_chose_a_setting(tmp_path: Path) -> None:
+    from sskt.experiments.report import report_main
+
+    for method, values in FINAL.items():
+        for seed, v in enumerate(values):
+            _fabricate(tmp_path / "runs", method, seed, v)
+    assert report_main([str(tmp_path / "runs"), "--out", str(tmp_path / "rep"), "--no-plots", "--drop-seed", "0"]) == 0
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "Runs of seed(s) 0 are left out." in text and "4 finished runs in 2 group(s)" in text
+    kept = paired_diff({s: FINAL["sskt"][s] for s in (1, 2)}, {s: FINAL["scratch"][s] for s in (1, 2)})
+    assert kept.format() in text and kept.n == 2

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sskt.errors import UserError, choice_error
-from sskt.experiments.runs import Run, find_runs, provenance
+from sskt.experiments.runs import Run, collect_runs, provenance
 from sskt.experiments.stats import PairedDiff, Summary, paired_diff, summarize
 
 # Keys a method brings with it: a group's scratch counterpart agrees with it on everything else.
@@ -290,24 +290,18 @@ def write_report(
     out: str | Path | None = None,
     plots: bool = True,
     metric: str | None = None,
+    drop_seeds: Sequence[int] = (),
 ) -> Path:
     """Read every finished run under ``runs_dir`` (one folder, or several: e.g. a search's folder plus the benchmark's
     scratch runs it should be compared with; a run found twice counts once) and write ``report.md``, ``report.csv``
-    and plots to ``out`` (default: the first folder); ``metric`` overrides the headline metric. Returns the path of
-    ``report.md``."""
+    and plots to ``out`` (default: the first folder); ``metric`` overrides the headline metric. ``drop_seeds``
+    leaves out the runs of those seeds: the seeds that chose a setting, which must not confirm it. Returns the path
+    of ``report.md``."""
     import csv
 
     roots = [Path(runs_dir)] if isinstance(runs_dir, str | Path) else [Path(r) for r in runs_dir]
-    runs, unfinished, seen = [], [], set()
-    for root in roots:
-        if not root.is_dir():
-            raise UserError(f"runs directory {str(root)!r} does not exist")
-        found, left = find_runs(root)
-        for run in found:
-            if run.path.resolve() not in seen:
-                seen.add(run.path.resolve())
-                runs.append(run)
-        unfinished += [p for p in left if p not in unfinished]
+    runs, unfinished = collect_runs(roots)
+    runs = [r for r in runs if r.seed not in set(drop_seeds)]
     root = roots[0]
     if not runs:
         raise UserError(f"no finished runs (summary.json + config.yaml) under {', '.join(map(str, roots))}")
@@ -327,6 +321,8 @@ def write_report(
     pictures = write_plots(groups, rows, metric, dest) if plots else []
     names = ", ".join(map(str, roots))
     text = _markdown(names, runs, unfinished, rows, metric, [p.relative_to(dest) for p in pictures])
+    if drop_seeds:
+        text = text.replace("\n\n", f"\n\nRuns of seed(s) {', '.join(map(str, drop_seeds))} are left out.\n\n", 1)
     (dest / "report.md").write_text(text)
     return dest / "report.md"
 
@@ -378,13 +374,17 @@ def _chosen_by_validation(rows: Sequence[Row], metric: str) -> list[str]:
 
 
 def report_main(argv: list[str] | None = None) -> int:
-    """``sskt report RUNS_DIR [RUNS_DIR ...] [--out DIR] [--metric NAME] [--no-plots]``."""
+    """``sskt report RUNS_DIR [RUNS_DIR ...] [--out DIR] [--metric NAME] [--no-plots] [--drop-seed N ...]``."""
     parser = argparse.ArgumentParser(prog="sskt report", description="Tables and plots from run directories.")
     parser.add_argument("runs_dir", nargs="+", help="folders holding run directories (any depth)")
     parser.add_argument("--out", default=None, help="where report.md, report.csv and plots go (default: the first)")
     parser.add_argument("--metric", default=None, help="headline metric (default: test_acc, else test AP/mAP)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument(
+        "--drop-seed", type=int, action="append", default=[], metavar="N",
+        help="leave out the runs of seed N (repeatable): the seeds that chose a setting never confirm it",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    path = write_report(args.runs_dir, args.out, plots=not args.no_plots, metric=args.metric)
+    path = write_report(args.runs_dir, args.out, not args.no_plots, args.metric, args.drop_seed)
     print(path)
     return 0

@@ -16,6 +16,7 @@ import yaml
 
 from sskt.engine.config_io import drop_retired
 from sskt.engine.records import read_summary
+from sskt.errors import UserError
 
 # Keys that change where or how fast a run goes, not what it computes: runs differing only in these (and the seed)
 # are replicates of one setting.
@@ -84,6 +85,23 @@ def load_run(path: Path) -> Run:
     lines = (path / "records.jsonl").read_text().splitlines() if (path / "records.jsonl").exists() else []
     records = [json.loads(line) for line in lines if line.strip()]
     return Run(path, flatten_config(config), records, summary)
+
+
+def collect_runs(roots: Sequence[Path]) -> tuple[list[Run], list[Path]]:
+    """``find_runs`` over several folders: a run found twice counts once; a missing folder is a UserError."""
+    runs: list[Run] = []
+    unfinished: list[Path] = []
+    seen: set[Path] = set()
+    for root in roots:
+        if not root.is_dir():
+            raise UserError(f"runs directory {str(root)!r} does not exist")
+        found, left = find_runs(root)
+        for run in found:
+            if run.path.resolve() not in seen:
+                seen.add(run.path.resolve())
+                runs.append(run)
+        unfinished += [p for p in left if p not in unfinished]
+    return runs, unfinished
 
 
 def find_runs(root: Path) -> tuple[list[Run], list[Path]]:
