@@ -74,3 +74,29 @@ def test_an_interrupted_cell_with_other_settings_is_not_resumed(tmp_path: Path) 
     (out / "alpha0.5-seed0" / "config.yaml").write_text("no_such_field: 1\n")  # written by another version
     with pytest.raises(UserError, match=r"alpha0\.5-seed0 \(config\.yaml no longer reads.*alpha1\.0-seed0 \(epochs"):
         run_grid(load_grid(_grid(tmp_path, epochs=3)), out, runner=_no_runs)
+
+
+def _strip_field(cell_dir: Path, block: str, name: str) -> None:
+    config = yaml.safe_load((cell_dir / "config.yaml").read_text())
+    del config[block][name]
+    (cell_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def test_runs_made_before_crop_padding_existed_padded_by_an_eighth_of_the_image(tmp_path: Path) -> None:
+    """An old 32 px run padded by 4, as today: it is skipped. An old STL10 run padded by 96 // 8 = 12: the grid that
+    now pads by 4 refuses to count it as the same setting."""
+    out = tmp_path / "runs"
+    _finish_cells(_grid(tmp_path), out)
+    for cell_dir in out.iterdir():
+        _strip_field(cell_dir, "data", "crop_padding")
+    assert sorted(run_grid(load_grid(_grid(tmp_path)), out, runner=_no_runs).skipped) == [
+        "alpha0.5-seed0",
+        "alpha1.0-seed0",
+    ]
+    stl = tmp_path / "stl"
+    stl.mkdir()
+    _finish_cells(_grid(stl, **{"data.name": "stl10"}), tmp_path / "stl_runs")
+    for cell_dir in (tmp_path / "stl_runs").iterdir():
+        _strip_field(cell_dir, "data", "crop_padding")
+    with pytest.raises(UserError, match=r"data.crop_padding: 12 -> 4"):
+        run_grid(load_grid(_grid(stl, **{"data.name": "stl10"})), tmp_path / "stl_runs", runner=_no_runs)
