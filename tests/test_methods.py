@@ -110,6 +110,20 @@ def test_sskt_without_sources_is_a_user_error(sskt_method) -> None:
         METHODS.create("sskt", ctx=MethodContext(cfg_no_sources, sskt_method.ctx.spec, 6))
 
 
+def source_entropy_per_epoch(cfg) -> list[float]:
+    """Mean entropy (nats) of the run's source over each epoch's training batches: the floor of its aux CE."""
+    from sskt.data import TrainStream
+    from sskt.sources import build_source
+
+    spec = build_dataset(cfg.data)
+    stream, source = TrainStream(spec, cfg), build_source(cfg.sources[0], spec.mean, spec.std)
+    means = []
+    for epoch in range(cfg.epochs):
+        logits = torch.cat([source(b.images) for b in stream.epoch(epoch)])
+        means.append(-(logits.softmax(1) * logits.log_softmax(1)).sum(1).mean().item())
+    return means
+
+
 @pytest.mark.parametrize("method", ["scratch", "sskt"])
 def test_method_learns_a_small_task(method: str, colour_cfg, tmp_path) -> None:
     cfg = colour_cfg(tmp_path / method, method)
@@ -123,8 +137,11 @@ def test_method_learns_a_small_task(method: str, colour_cfg, tmp_path) -> None:
     weights = load_file(f"{cfg.out}/model.safetensors")
     if method == "sskt":
         assert fell("sskt primary_loss last/first", records[-1]["primary_loss"] / records[0]["primary_loss"], 0.5)
-        aux_ratio = records[-1][f"aux_{SOURCE}"] / records[0][f"aux_{SOURCE}"]
-        assert fell("sskt aux loss last/first", aux_ratio, 1.0), "the aux head learns the source"
+        # The soft-target CE cannot fall below the source's own entropy (~6 nats over 1000 classes): the head learns
+        # the source when the reducible part, aux loss minus that entropy, shrinks.
+        floor = source_entropy_per_epoch(cfg)
+        gap = [records[e][f"aux_{SOURCE}"] - floor[e] for e in (0, cfg.epochs - 1)]
+        assert fell("sskt aux loss above the source entropy, last/first", gap[1] / gap[0], 1.0)
         assert any(k.startswith("aux.") for k in weights)
     else:
         assert not any(k.startswith("aux.") for k in weights)
