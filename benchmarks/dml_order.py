@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sskt.cli import parse_train_args
+from sskt.config_io import parse_train_args
 from sskt.engine import train
 from sskt.experiments.grid import expand, load_grid, train_argv
 from sskt.methods import METHODS

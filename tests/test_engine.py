@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from sskt.config import TrainConfig
+from sskt.config_io import load_config
 from sskt.engine import check_config, evaluate, loop, train
 from sskt.engine.checkpoint import load_checkpoint, save_atomic
-from sskt.engine.config_io import load_config
 from sskt.engine.records import read_records
 from sskt.engine.seeding import rng_state, seed_everything, set_rng_state
 from sskt.errors import UserError

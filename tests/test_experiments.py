@@ -226,7 +226,7 @@ def test_dry_run_lists_every_cell_and_runs_nothing(tmp_path: Path, capsys: pytes
     path = _write_grid(tmp_path, GRID)
     assert grid_main(["--config", str(path), "--out", str(tmp_path / "r"), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 8 and all(line.startswith("[new] python -m sskt.cli train") for line in lines)
+    assert len(lines) == 8 and all(line.startswith("[new] python -m sskt train") for line in lines)
     assert not (tmp_path / "r").exists()
 
 

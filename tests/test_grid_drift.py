@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sskt.cli import parse_train_args
-from sskt.engine.config_io import save_config
+from sskt.config_io import parse_train_args, save_config
 from sskt.errors import UserError
 from sskt.experiments.drift import config_changes
 from sskt.experiments.grid import dry_run, expand, load_grid, run_grid, train_argv

@@ -12,56 +12,30 @@ anywhere on the command line shows the traceback instead.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+import torch
 from jsonargparse import ArgumentError as JsonArgumentError
+from jsonargparse import ArgumentParser
 
-from sskt.config import TrainConfig
+from sskt.config_io import parse_train_args
+from sskt.data import DATASETS, TrainStream, build_dataset
+from sskt.engine import check_config, evaluate, train
+from sskt.engine.soft_cache import open_cache, run_sources
 from sskt.errors import UserError, check_choice
+from sskt.experiments.curves import curves_main
+from sskt.experiments.grid import grid_main
+from sskt.experiments.report import report_main
+from sskt.methods import METHODS
+from sskt.models import MODELS
+from sskt.sources import SOURCES
 
 Command = Callable[[list[str]], "int | None"]
 
 
-def train_parser() -> ArgumentParser:
-    """``sskt train``: every TrainConfig field as a dotted flag, YAML presets via ``--config`` (repeatable)."""
-    from jsonargparse import set_parsing_settings
-
-    # The help text of each flag is the field's docstring in config.py (needs docstring-parser, a dependency of
-    # jsonargparse[signatures]).
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    parser = ArgumentParser(
-        prog="sskt train",
-        description="Train one run. Presets (--config, repeatable, later wins) hold overrides only; any field can "
-        "be overridden with a dotted flag such as --data.labels_per_class 100.",
-        exit_on_error=False,
-    )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML preset with overrides (repeatable).")
-    parser.add_class_arguments(TrainConfig)
-    return parser
-
-
-@functools.cache
-def _cached_train_parser() -> ArgumentParser:
-    """Building the parser costs ~0.3 s; a grid checking its cells' configs parses dozens of command lines."""
-    return train_parser()
-
-
-def parse_train_args(argv: Sequence[str]) -> TrainConfig:
-    """Parse ``sskt train`` arguments (presets first, then dotted overrides) into a TrainConfig."""
-    from sskt.engine.config_io import config_from_dict
-
-    values = _cached_train_parser().parse_args(list(argv)).as_dict()
-    values.pop("config", None)
-    return config_from_dict(TrainConfig, values)
-
-
 def train_command(argv: list[str]) -> int:
-    from sskt.engine import train
-
     cfg = parse_train_args(argv)
     summary = train(cfg)
     chosen = {k: summary[k] for k in ("best", "best_epoch", "selected_by") if k in summary}
@@ -73,28 +47,17 @@ def evaluate_command(argv: list[str]) -> int:
     parser = ArgumentParser(prog="sskt evaluate", description="Re-evaluate a trained run.", exit_on_error=False)
     parser.add_argument("run", type=str, help="Run directory, its model.safetensors, or a checkpoint file.")
     args = parser.parse_args(argv)
-    from sskt.engine import evaluate
-
     print(json.dumps(evaluate(args.run)))
     return 0
 
 
 def _registries() -> dict[str, Callable[[], list[str]]]:
-    """What ``sskt list`` can show; imports happen only when asked (importing a package registers its names)."""
-
-    def names(module: str, attr: str) -> Callable[[], list[str]]:
-        def get() -> list[str]:
-            import importlib
-
-            return getattr(importlib.import_module(module), attr).list()
-
-        return get
-
+    """What ``sskt list`` can show (importing a package registered its names)."""
     return {
-        "datasets": names("sskt.data", "DATASETS"),
-        "methods": names("sskt.methods", "METHODS"),
-        "models": names("sskt.models", "MODELS"),
-        "sources": names("sskt.sources", "SOURCES"),
+        "datasets": DATASETS.list,
+        "methods": METHODS.list,
+        "models": MODELS.list,
+        "sources": SOURCES.list,
     }
 
 
@@ -108,27 +71,33 @@ def list_command(argv: list[str]) -> int:
 
 
 def curves_command(argv: list[str]) -> int:
-    from sskt.experiments.curves import curves_main
-
     return curves_main(argv)
 
 
 def grid_command(argv: list[str]) -> int:
-    from sskt.experiments.grid import grid_main
-
     return grid_main(argv)
 
 
 def report_command(argv: list[str]) -> int:
-    from sskt.experiments.report import report_main
-
     return report_main(argv)
 
 
 def cache_command(argv: list[str]) -> int:
-    from sskt.engine.soft_cache import cache_main
-
-    return cache_main(argv)
+    """``sskt cache build --config run.yaml [overrides]``: build the run's soft-label cache and print its folder."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: sskt cache build --config RUN.yaml [--dotted.override VALUE ...]")
+        return 0 if argv else 2
+    check_choice("cache command", argv[0], ("build",))
+    cfg = parse_train_args(argv[1:])
+    check_config(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = "cuda" if cfg.accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available() else "cpu"
+    spec = build_dataset(cfg.data)
+    stream = TrainStream(spec, cfg)
+    cache = open_cache(cfg, spec, stream, run_sources(cfg, spec, device), build=True, show_progress=cfg.progress)
+    print(json.dumps({"cache": str(cache.path), "views": cache.views, "bytes": cache.nbytes()}))
+    return 0
 
 
 COMMANDS: dict[str, Command] = {

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from sskt.config import TrainConfig
+from sskt.data import DATASETS
 from sskt.errors import UserError, check_choice
+from sskt.losses import AUX_LOSSES, PRIMARY_LOSSES
+from sskt.methods import METHODS
+from sskt.methods.sskt import ALPHA_SCHEDULES
+from sskt.models import MODELS
+from sskt.models.heads import HEAD_KINDS
 from sskt.optim import SCHEDULES
+from sskt.sources import SOURCES
+from sskt.sources.cache import check_cache_config
 
 PRECISIONS = ("32-true", "32", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
 ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
@@ -13,19 +21,10 @@ AUGMENTS = ("default", "none")
 
 def check_config(cfg: TrainConfig) -> None:
     """Raise a one-line UserError naming the first bad value and its valid choices."""
-    from sskt.data import DATASETS
-    from sskt.losses import AUX_LOSSES, PRIMARY_LOSSES
-    from sskt.methods import METHODS
-    from sskt.methods.sskt import ALPHA_SCHEDULES
-    from sskt.models import MODELS
-    from sskt.models.heads import HEAD_KINDS
-
     _check_name("dataset", cfg.data.name, DATASETS)
     _check_name("model", cfg.model.name, MODELS)
     _check_name("method", cfg.method.name, METHODS)
     if cfg.sources:
-        from sskt.sources import SOURCES
-
         for source in cfg.sources:
             _check_name("source", source.name, SOURCES)
             check_choice("source bn_mode", source.bn_mode, ("eval", "train"))
@@ -39,8 +38,6 @@ def check_config(cfg: TrainConfig) -> None:
     check_choice("precision", str(cfg.precision), PRECISIONS)
     check_choice("accelerator", cfg.accelerator, ACCELERATORS)
     if cfg.cache.enabled:
-        from sskt.sources.cache import check_cache_config
-
         check_cache_config(cfg.cache, cfg.method.temperature)
     _check_positive(cfg)
 
@@ -53,8 +50,6 @@ def _check_baseline_names(cfg: TrainConfig, models) -> None:
     if cfg.method.name == "maxl" and cfg.method.maxl.generator is not None:
         _check_name("model (method.maxl.generator)", cfg.method.maxl.generator, models)
     if cfg.method.name == "kd":
-        from sskt.sources import SOURCES
-
         if cfg.method.kd.teacher is None:
             raise UserError("method 'kd' needs method.kd.teacher, e.g. checkpoint:runs/teacher (a trained run)")
         _check_name("source (method.kd.teacher)", cfg.method.kd.teacher, SOURCES)

@@ -6,12 +6,16 @@ from pathlib import Path
 
 import torch
 
+from sskt.config_io import load_config
+from sskt.data import build_dataset
+from sskt.data.stream import train_split
 from sskt.engine.checkpoint import load_checkpoint
-from sskt.engine.config_io import load_config
 from sskt.engine.evaluation import eval_splits, evaluate_splits
 from sskt.engine.records import CHECKPOINT, CONFIG, WEIGHTS
 from sskt.engine.weights import load_target_weights
 from sskt.errors import UserError
+from sskt.methods import METHODS, MethodContext
+from sskt.models import build_target
 
 
 def _run_dir(path: Path) -> Path:
@@ -26,9 +30,6 @@ def evaluate(path: str | Path, device: str | torch.device = "cpu") -> dict[str, 
     """Validation (when the run held a split out) and test metrics of a run. A run directory or
     ``model.safetensors`` evaluates the final target; a checkpoint file (``checkpoints/last.pt``) rebuilds the method
     and evaluates every network it evaluates during training."""
-    from sskt.data import build_dataset
-    from sskt.data.stream import train_split
-
     path = Path(path)
     run = _run_dir(path)
     cfg = load_config(run / CONFIG)
@@ -40,8 +41,6 @@ def evaluate(path: str | Path, device: str | torch.device = "cpu") -> dict[str, 
     if path.suffix == ".pt":
         return _evaluate_checkpoint(cfg, spec, path, splits, device)
     state, aux_classes = load_target_weights(path if path.suffix == ".safetensors" else run / WEIGHTS)
-    from sskt.models import build_target
-
     net = build_target(cfg.model, spec.num_classes, aux_classes, cfg.head)
     net.load_state_dict(state)
     return evaluate_splits({"": net.to(device)}, splits, spec.task, spec.num_classes, device)
@@ -49,8 +48,6 @@ def evaluate(path: str | Path, device: str | torch.device = "cpu") -> dict[str, 
 
 def _evaluate_checkpoint(cfg, spec, path: Path, splits, device: torch.device) -> dict[str, float]:
     from lightning_fabric import Fabric
-
-    from sskt.methods import METHODS, MethodContext
 
     method = METHODS.create(cfg.method.name, ctx=MethodContext(cfg, spec, 1))
     # The method's state includes optimizers, which exist only after setup.

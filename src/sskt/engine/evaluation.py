@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
+from sskt.data import eval_batches
+from sskt.data.datasets import SubsetImageSet
 from sskt.data.spec import DatasetSpec, ImageSet
 from sskt.errors import check_choice
 from sskt.models.base import TargetOutput
@@ -101,8 +103,6 @@ class EvalBatches:
         self.spec, self.split, self.batch_size, self.device, self.workers = spec, split, batch_size, device, workers
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        from sskt.data import eval_batches
-
         return eval_batches(self.split, self.spec, self.batch_size, self.device, self.workers)
 
 
@@ -118,8 +118,6 @@ def eval_splits(
 ) -> dict[str, EvalBatches]:
     """The splits every evaluation measures, by metric prefix: 'val' (the training images at ``val_indices``, when
     there are any) and 'test'."""
-    from sskt.data.datasets import SubsetImageSet
-
     splits: dict[str, EvalBatches] = {}
     if len(val_indices):
         splits["val"] = EvalBatches(spec, SubsetImageSet(spec.train, val_indices), batch_size, device, workers)

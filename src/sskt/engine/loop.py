@@ -18,6 +18,7 @@ from sskt.engine.precise_bn import recompute_bn_stats
 from sskt.engine.progress import EpochProgress, epoch_line
 from sskt.engine.records import RunDir, git_commit, versions
 from sskt.engine.seeding import rng_state, seed_everything, set_rng_state
+from sskt.engine.soft_cache import attach_cache
 from sskt.engine.weights import save_target_weights
 from sskt.methods import METHODS, Method, MethodContext
 
@@ -107,8 +108,6 @@ def build_parts(cfg: TrainConfig, fabric: Fabric) -> tuple[DatasetSpec, TrainStr
     spec = build_dataset(cfg.data)
     stream = TrainStream(spec, cfg, device=fabric.device)
     if cfg.cache.enabled:  # replay stored views and their cached source logits (built first when allowed)
-        from sskt.engine.soft_cache import attach_cache
-
         attach_cache(cfg, spec, stream, fabric)
     method = METHODS.create(cfg.method.name, ctx=MethodContext(cfg, spec, len(stream)))
     method.setup(fabric)

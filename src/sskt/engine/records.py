@@ -10,7 +10,7 @@ from pathlib import Path
 
 import sskt
 from sskt.config import TrainConfig
-from sskt.engine.config_io import save_config
+from sskt.config_io import save_config
 from sskt.errors import UserError
 
 RECORDS = "records.jsonl"

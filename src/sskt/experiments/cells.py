@@ -75,11 +75,11 @@ CellRunner = Callable[[list[str], Path, int], int]
 
 
 def subprocess_runner(argv: list[str], cell_dir: Path, threads: int) -> int:
-    """Run ``python -m sskt.cli train ARGV`` in a child process, its output appended to ``cell_dir/grid.log``."""
+    """Run ``python -m sskt train ARGV`` in a child process, its output appended to ``cell_dir/grid.log``."""
     cell_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(cell_dir / "grid.log", "a") as log:
-        cmd = [sys.executable, "-m", "sskt.cli", "train", *argv]
+        cmd = [sys.executable, "-m", "sskt", "train", *argv]
         return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sskt.config import TrainConfig
-from sskt.engine.config_io import flatten
+from sskt.config_io import config_to_dict, flatten, load_config, parse_train_args
 from sskt.errors import UserError
 from sskt.experiments.runs import NON_SETTING_KEYS
 
@@ -34,9 +34,6 @@ def cell_changes(argv: list[str], cell_dir: Path) -> list[str]:
 
     Fields added to TrainConfig after the run take their defaults on both sides; a stored config that no longer
     parses counts as a change."""
-    from sskt.cli import parse_train_args
-    from sskt.engine.config_io import config_to_dict, load_config
-
     try:
         stored: TrainConfig = load_config(cell_dir / "config.yaml")
     except UserError as exc:

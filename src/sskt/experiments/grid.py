@@ -16,7 +16,7 @@ A grid file (YAML, read with ``yaml.safe_load``; nothing executes)::
 Top-level keys starting with ``x-`` are ignored: a place for YAML anchors (``&name``) that several values share.
 A string value may contain ``{seed}``, replaced by the cell's seed (``checkpoint:runs/teachers/t-seed{seed}``).
 
-Each cell runs ``python -m sskt.cli train`` in its own process (``out/<axis values>-seed<N>/``), so cells are
+Each cell runs ``python -m sskt train`` in its own process (``out/<axis values>-seed<N>/``), so cells are
 isolated and can run side by side. A cell with ``summary.json`` is done and skipped; one with a checkpoint resumes.
 A cell run with other settings than the grid now gives stops the grid before it starts (``sskt.experiments.drift``).
 A running cell is locked (``sskt.experiments.cells``), so several grid processes, started at different times or
@@ -30,7 +30,6 @@ import dataclasses
 import fnmatch
 import itertools
 import json
-import re
 import shlex
 import sys
 import typing
@@ -52,10 +51,11 @@ from rich.progress import (
 )
 
 from sskt.config import TrainConfig
-from sskt.engine.config_io import flatten
+from sskt.config_io import flatten
 from sskt.errors import UserError, choice_error
 from sskt.experiments.cells import CellRunner, cell_state, claim, release, subprocess_runner, threads_per_cell
 from sskt.experiments.drift import changes_if_run, check_cells
+from sskt.experiments.runs import slug
 
 GRID_KEYS = ("base", "axes", "seeds", "out")
 COUPLED_KEYS = ("label", "config")
@@ -167,10 +167,6 @@ def is_grid_file(path: str | Path) -> bool:
 
 
 # --- expansion ------------------------------------------------------------------------------------------------
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+]+", "_", text).strip("_") or "_"
-
-
 def _scalar_text(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return str(value).lower()
@@ -186,11 +182,11 @@ def value_label(axis: str, value: Any) -> str:
     string as itself, anything else prefixed by the key's last part (``alpha0.5``, ``labels_per_class100``)."""
     if isinstance(value, Mapping):
         if "label" in value:
-            return _slug(str(value["label"]))
-        return _slug(_scalar_text({k: v for k, v in value.items() if k != "config"}))
+            return slug(str(value["label"]))
+        return slug(_scalar_text({k: v for k, v in value.items() if k != "config"}))
     if isinstance(value, str):
-        return _slug(value)
-    return _slug(axis.split(".")[-1] + _scalar_text(value))
+        return slug(value)
+    return slug(axis.split(".")[-1] + _scalar_text(value))
 
 
 def _apply(cell: Cell, value: Any, axis: str, here: Path) -> None:
@@ -358,7 +354,7 @@ def dry_run(
         argv = train_argv(cell, root / cell.name, threads, resume=state == "resume")
         if changes_if_run(argv, root / cell.name, state):
             state = "changed"
-        lines.append(f"[{state}] {shlex.join(['python', '-m', 'sskt.cli', 'train', *argv])}")
+        lines.append(f"[{state}] {shlex.join(['python', '-m', 'sskt', 'train', *argv])}")
     return lines
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from sskt.errors import UserError, choice_error
-from sskt.experiments.runs import Run, collect_runs, provenance
+from sskt.experiments.plots import bar_chart, learning_curves
+from sskt.experiments.runs import Run, collect_runs, provenance, slug
 from sskt.experiments.stats import PairedDiff, Summary, paired_diff, summarize
 
 # Keys a method brings with it: a group's scratch counterpart agrees with it on everything else.
@@ -263,14 +264,8 @@ def curve(group: Group, metric: str) -> tuple[list[int], list[Summary]]:
 
 
 # --- writing ---------------------------------------------------------------------------------------------------
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+]+", "_", text).strip("_")
-
-
 def write_plots(groups: Sequence[Group], rows: Sequence[Row], metric: str, out: Path) -> list[Path]:
     """A bar chart per grid axis (final-epoch metric, error bars = std over seeds) and the learning curves."""
-    from sskt.experiments.plots import bar_chart, learning_curves
-
     paths = []
     # an axis with a single value has nothing to compare
     axes = [a for a in dict.fromkeys(a for g in groups for a in g.levels) if len({g.levels.get(a) for g in groups}) > 1]
@@ -279,7 +274,7 @@ def write_plots(groups: Sequence[Group], rows: Sequence[Row], metric: str, out: 
         for r in rows:
             others = " ".join(v for a, v in r.group.levels.items() if a != axis)
             bars.setdefault(r.group.levels.get(axis, "-"), {})[others] = r.final[metric]
-        paths.append(bar_chart(bars, out / f"bars_{_slug(axis)}.png", f"final {metric} by {axis}", metric, axis))
+        paths.append(bar_chart(bars, out / f"bars_{slug(axis)}.png", f"final {metric} by {axis}", metric, axis))
     curves = {g.label: curve(g, metric) for g in groups}
     paths.append(learning_curves(curves, out / f"curves_{metric}.png", metric))
     return paths

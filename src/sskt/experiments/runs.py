@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from sskt.engine.config_io import drop_retired
+from sskt.config import TrainConfig
+from sskt.config_io import drop_retired, flatten
 from sskt.engine.records import read_summary
 from sskt.errors import UserError
 
@@ -47,6 +48,11 @@ class Run:
         return {k: _unseeded(v, self.seed) for k, v in merged.items() if k not in NON_SETTING_KEYS}
 
 
+def slug(text: str) -> str:
+    """``text`` as a file or folder name: runs of characters outside ``[A-Za-z0-9._+]`` become one ``_``."""
+    return re.sub(r"[^A-Za-z0-9._+]+", "_", text).strip("_") or "_"
+
+
 def _unseeded(value: Any, seed: int) -> Any:
     """A path naming the run's own seed (a grid's ``{seed}``, such as the KD teacher trained with the same seed:
     ``.../teacher-seed3``) is the same setting at every seed: write it back as ``seed{seed}``."""
@@ -57,25 +63,8 @@ def _unseeded(value: Any, seed: int) -> Any:
 def _default_config() -> dict[str, Any]:
     """Today's TrainConfig defaults, flattened (scalar fields only; list-of-mapping defaults such as sources stay
     out, so a run's own list is never padded)."""
-    from sskt.config import TrainConfig
-
-    flat = flatten_config(dataclasses.asdict(TrainConfig()))
+    flat = flatten(dataclasses.asdict(TrainConfig()), lists=True)
     return {k: v for k, v in flat.items() if not isinstance(v, list) or not v}
-
-
-def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested config to dotted keys; a list of mappings (``sources``) becomes ``sources[i].field`` keys."""
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(flatten_config(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        out = {}
-        for i, v in enumerate(value):
-            out.update(flatten_config(v, f"{prefix}[{i}]"))
-        return out
-    return {prefix: value}
 
 
 def load_run(path: Path) -> Run:
@@ -84,7 +73,7 @@ def load_run(path: Path) -> Run:
     summary = read_summary(path)
     lines = (path / "records.jsonl").read_text().splitlines() if (path / "records.jsonl").exists() else []
     records = [json.loads(line) for line in lines if line.strip()]
-    return Run(path, flatten_config(config), records, summary)
+    return Run(path, flatten(config, lists=True), records, summary)
 
 
 def collect_runs(roots: Sequence[Path]) -> tuple[list[Run], list[Path]]:

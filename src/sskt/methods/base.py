@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from sskt.config import TrainConfig
 from sskt.data.spec import Batch, DatasetSpec
 from sskt.errors import UserError
+from sskt.losses import primary_loss
 from sskt.optim import build_scheduler, build_sgd
 
 if TYPE_CHECKING:
@@ -48,8 +49,6 @@ class MethodContext:
 def single_label_primary(method: str, name: str) -> Callable[[Tensor, Tensor], Tensor]:
     """The label loss ``method.primary_loss`` names, for a method of single-label data: 'ce' or 'focal'; 'bce'
     (multi-label) is a one-line UserError naming the valid choices."""
-    from sskt.losses import primary_loss
-
     valid = ("ce", "focal")
     if name not in valid:
         raise UserError(f"method {method!r} takes method.primary_loss 'ce' or 'focal' (single-label); got {name!r}")

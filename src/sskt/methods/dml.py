@@ -24,6 +24,7 @@ from sskt.errors import UserError
 from sskt.losses.mutual import dml_loss
 from sskt.methods import METHODS
 from sskt.methods.base import Method, MethodContext, StepOutput, single_label_primary
+from sskt.models import build_target
 from sskt.models.base import TargetOutput
 from sskt.optim import build_scheduler, build_sgd
 
@@ -49,8 +50,6 @@ class DML(Method):
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
-        from sskt.models import build_target  # the models layer registers its architectures on import
-
         if ctx.spec.task != "single_label":
             raise UserError(f"method 'dml' needs a single-label dataset; {ctx.spec.name!r} is {ctx.spec.task!r}")
         if not self.cfg.method.dml.peers:

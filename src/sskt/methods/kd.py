@@ -17,11 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sskt import losses
 from sskt.config import SourceConfig
 from sskt.data.spec import Batch
 from sskt.errors import UserError
 from sskt.methods import METHODS
 from sskt.methods.base import MethodContext, SingleNetMethod, single_label_primary
+from sskt.models import build_target
+from sskt.sources import SourceBank, build_source
 
 
 def kd_objective(
@@ -39,8 +42,6 @@ def kd_objective(
     ``T^2 KL(softmax(t/T) || softmax(z/T))`` batchmean, or the released code's elementwise mean when ``legacy``.
     ``primary`` replaces the label cross-entropy (``method.primary_loss``).
     """
-    from sskt import losses
-
     ce = primary(logits, labels)
     distill = (losses.kd_legacy if legacy else losses.kd)(logits, teacher_logits.detach(), temperature)
     return (1 - lam) * ce + lam * distill, ce, distill
@@ -52,9 +53,6 @@ class KD(SingleNetMethod):
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
-        from sskt.models import build_target
-        from sskt.sources import SourceBank, build_source
-
         kd = self.cfg.method.kd
         if ctx.spec.task != "single_label":
             raise UserError(f"method 'kd' needs a single-label dataset; {ctx.spec.name!r} is {ctx.spec.task!r}")

@@ -40,6 +40,7 @@ from sskt.errors import UserError
 from sskt.losses.maxl import focal_to_probs, label_entropy_penalty, masked_softmax
 from sskt.methods import METHODS
 from sskt.methods.base import Method, MethodContext, StepOutput, single_label_primary
+from sskt.models import build_target
 from sskt.models.base import TargetOutput
 from sskt.optim import build_scheduler, build_sgd
 
@@ -150,8 +151,6 @@ class MAXL(Method):
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
-        from sskt.models import build_target  # the models layer registers its architectures on import
-
         if ctx.spec.task != "single_label":
             raise UserError(f"method 'maxl' needs a single-label dataset; {ctx.spec.name!r} is {ctx.spec.task!r}")
         self.mcfg = self.cfg.method.maxl

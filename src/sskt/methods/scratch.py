@@ -9,6 +9,7 @@ from sskt.data.spec import Batch
 from sskt.losses import primary_loss
 from sskt.methods import METHODS
 from sskt.methods.base import MethodContext, SingleNetMethod
+from sskt.models import build_target
 
 
 @METHODS.register("scratch")
@@ -17,8 +18,6 @@ class Scratch(SingleNetMethod):
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
-        from sskt.models import build_target
-
         self.primary = primary_loss(self.cfg.method.primary_loss)
         # Seed right before building so the initial weights depend on cfg.seed alone.
         torch.manual_seed(self.cfg.seed)

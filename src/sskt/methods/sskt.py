@@ -25,6 +25,8 @@ from sskt.errors import UserError, check_choice
 from sskt.losses import aux_loss, primary_loss
 from sskt.methods import METHODS
 from sskt.methods.base import MethodContext, SingleNetMethod
+from sskt.models import build_target
+from sskt.sources import SourceBank, build_source
 
 ALPHA_SCHEDULES = ("constant", "warmup", "cosine")
 
@@ -56,9 +58,6 @@ class SSKT(SingleNetMethod):
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
-        from sskt.models import build_target
-        from sskt.sources import SourceBank, build_source
-
         if not self.cfg.sources:
             raise UserError("method 'sskt' needs at least one source; set sources: [{name: <source>}] in the config")
         self.keys = source_keys(self.cfg.sources)

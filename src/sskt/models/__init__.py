@@ -4,15 +4,11 @@
 auxiliary head per source. Importing this package registers every model.
 """
 
-from sskt.models.base import Backbone, StageInfo, TargetOutput
-from sskt.registry import Registry
-
-MODELS: Registry[Backbone] = Registry("model")
-
-# Imported after MODELS exists: each module registers its models into it.
-from sskt.models import cifar_resnet, efficientnet_lite, timm_nets, torchvision_nets  # noqa: E402, F401
-from sskt.models.heads import LinearHead, TransferModule, build_head  # noqa: E402
-from sskt.models.target import Target, build_target  # noqa: E402
+# Each model module registers its models into MODELS (defined in base.py) when imported.
+from sskt.models import cifar_resnet, efficientnet_lite, timm_nets, torchvision_nets  # noqa: F401
+from sskt.models.base import MODELS, Backbone, StageInfo, TargetOutput
+from sskt.models.heads import LinearHead, TransferModule, build_head
+from sskt.models.target import Target, build_target
 
 __all__ = [
     "MODELS",

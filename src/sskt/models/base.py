@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
+from sskt.registry import Registry
+
 
 @dataclass(frozen=True)
 class StageInfo:
@@ -41,3 +43,7 @@ class Backbone(nn.Module):
     def forward_stages(self, x: Tensor) -> list[Tensor]:
         """Every stage's output, in order: ``[B, feature_info[i].channels, H_i, W_i]``."""
         raise NotImplementedError
+
+
+MODELS: Registry[Backbone] = Registry("model")
+"""Target backbones by name; each model module registers into it when ``sskt.models`` is imported."""

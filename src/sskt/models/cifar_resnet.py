@@ -14,8 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sskt.errors import UserError
-from sskt.models import MODELS
-from sskt.models.base import Backbone, StageInfo
+from sskt.models.base import MODELS, Backbone, StageInfo
 
 STAGE_CHANNELS = (16, 32, 64)
 DEPTHS = (20, 32, 44, 56, 110)

@@ -13,8 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from sskt.errors import UserError
-from sskt.models import MODELS
-from sskt.models.base import Backbone, StageInfo
+from sskt.models.base import MODELS, Backbone, StageInfo
 
 INSTALL_HINT = "pip install sskt[efficientnet]"
 

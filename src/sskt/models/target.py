@@ -13,8 +13,7 @@ from torch import Tensor, nn
 
 from sskt.config import HeadConfig, ModelConfig
 from sskt.errors import UserError
-from sskt.models import MODELS
-from sskt.models.base import Backbone, TargetOutput
+from sskt.models.base import MODELS, Backbone, TargetOutput
 from sskt.models.heads import build_head
 
 AUX_PREFIX = "aux."

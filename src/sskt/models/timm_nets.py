@@ -9,8 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from sskt.errors import UserError
-from sskt.models import MODELS
-from sskt.models.base import Backbone, StageInfo
+from sskt.models.base import MODELS, Backbone, StageInfo
 
 # What timm raises when a model cannot be wrapped with features_only (no feature_info or no stage hooks).
 _FEATURE_ERRORS = (RuntimeError, AssertionError, AttributeError, KeyError, TypeError, NotImplementedError)

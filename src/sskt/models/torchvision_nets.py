@@ -15,8 +15,7 @@ import torchvision
 from torch import Tensor, nn
 
 from sskt.errors import UserError
-from sskt.models import MODELS
-from sskt.models.base import Backbone, StageInfo
+from sskt.models.base import MODELS, Backbone, StageInfo
 
 # Side of the dry-forward probe: divisible by 32 (the deepest stride) and large enough for every stem.
 PROBE_SIZE = 64

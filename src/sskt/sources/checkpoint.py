@@ -13,7 +13,11 @@ from typing import Any
 
 import yaml
 
+from sskt.config import DataConfig, HeadConfig, ModelConfig
+from sskt.data import build_dataset
+from sskt.data.datasets import STATS
 from sskt.errors import UserError
+from sskt.models import build_target
 from sskt.sources.base import SOURCES, Pretrained
 from sskt.sources.weights import State, load_into, load_state_file
 
@@ -55,10 +59,6 @@ def _dataset_stats(data: dict[str, Any], what: str) -> tuple[tuple[float, ...], 
     the data section (without downloading; folders and VOC compute theirs)."""
     if "mean" in data and "std" in data:
         return tuple(data["mean"]), tuple(data["std"])
-    from sskt.config import DataConfig
-    from sskt.data import build_dataset
-    from sskt.data.datasets import STATS
-
     if data.get("name") in STATS:
         mean, std = STATS[data["name"]]
         return tuple(mean), tuple(std)
@@ -82,9 +82,6 @@ def checkpoint_source(path: str, weights: str | None = None) -> Pretrained:
     cfg = _read_config(config_path, what)
     state = {k: v for k, v in state.items() if not k.startswith(AUX_PREFIX)}
     num_classes = _num_classes(state, what)
-    from sskt.config import HeadConfig, ModelConfig
-    from sskt.models import build_target
-
     net = build_target(ModelConfig(name=cfg["model"]), num_classes, {}, HeadConfig())
     load_into(net, state, what)
     mean, std = _dataset_stats(cfg["data"], what)

@@ -1,30 +1,73 @@
-"""TrainConfig to and from plain dicts and YAML (safe_dump / safe_load only: config files never execute code)."""
+"""Resolving, saving, loading and flattening run configurations: the one module that turns presets and overrides
+into a ``TrainConfig`` and a ``TrainConfig`` into YAML and back. A leaf below the engine: the CLI, the engine and the
+experiments all import it, and it imports none of them. YAML is read with ``safe_load`` only: config files never
+execute code.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from sskt.config import TrainConfig
 from sskt.errors import UserError
 
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser
 
-def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings to dotted keys: ``{data: {batch_size: 64}}`` -> ``{"data.batch_size": 64}``."""
+
+def flatten(value: Mapping[str, Any], prefix: str = "", lists: bool = False) -> dict[str, Any]:
+    """Nested mappings to dotted keys: ``{data: {batch_size: 64}}`` -> ``{"data.batch_size": 64}``. With ``lists``,
+    a list of mappings (``sources``) becomes ``sources[i].field`` keys too; otherwise lists stay whole values."""
     flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, dotted + "."))
+    for key, item in value.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(item, Mapping):
+            flat.update(flatten(item, dotted, lists))
+        elif lists and isinstance(item, list) and item and all(isinstance(v, Mapping) for v in item):
+            for i, v in enumerate(item):
+                flat.update(flatten(v, f"{dotted}[{i}]", lists))
         else:
-            flat[dotted] = value
+            flat[dotted] = item
     return flat
+
+
+def train_parser() -> ArgumentParser:
+    """``sskt train``: every TrainConfig field as a dotted flag, YAML presets via ``--config`` (repeatable)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+
+    # The help text of each flag is the field's docstring in config.py (needs docstring-parser, a dependency of
+    # jsonargparse[signatures]).
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    parser = ArgumentParser(
+        prog="sskt train",
+        description="Train one run. Presets (--config, repeatable, later wins) hold overrides only; any field can "
+        "be overridden with a dotted flag such as --data.labels_per_class 100.",
+        exit_on_error=False,
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML preset with overrides (repeatable).")
+    parser.add_class_arguments(TrainConfig)
+    return parser
+
+
+@functools.cache
+def _cached_train_parser() -> ArgumentParser:
+    """Building the parser costs ~0.3 s; a grid checking its cells' configs parses dozens of command lines."""
+    return train_parser()
+
+
+def parse_train_args(argv: Sequence[str]) -> TrainConfig:
+    """Parse ``sskt train`` arguments (presets first, then dotted overrides) into a TrainConfig."""
+    values = _cached_train_parser().parse_args(list(argv)).as_dict()
+    values.pop("config", None)
+    return config_from_dict(TrainConfig, values)
 
 
 def config_to_dict(cfg: Any) -> dict:
