@@ -243,7 +243,7 @@ def test_paired_difference_interval_by_hand() -> None:
     b = {0: 84.0, 1: 83.0, 2: 85.3}
     d = paired_diff(a, b)
     diffs = [1.0, 1.0, 1.2]
-    half = 4.303 * statistics.stdev(diffs) / math.sqrt(3)  # t_{0.975} with 2 degrees of freedom
+    half = 4.302653 * statistics.stdev(diffs) / math.sqrt(3)  # t_{0.975} with 2 degrees of freedom
     assert d.n == 3 and d.mean == pytest.approx(statistics.mean(diffs))
     assert (d.low, d.high) == (pytest.approx(d.mean - half), pytest.approx(d.mean + half))
     assert d.significant and not paired_diff({0: 1.0, 1: 2.0}, {0: 0.0, 1: 2.5}).significant
@@ -336,7 +336,7 @@ def test_report_files_from_fabricated_runs(tmp_path: Path) -> None:
     best = summarize([v + 1 for v in FINAL["sskt"]])
     assert f"{best.mean:.2f} +- {best.std:.2f} (3)" in text
     diffs = [a - b for a, b in zip(FINAL["sskt"], FINAL["scratch"], strict=True)]
-    half = 4.303 * statistics.stdev(diffs) / math.sqrt(3)
+    half = 4.302653 * statistics.stdev(diffs) / math.sqrt(3)
     mean = statistics.mean(diffs)
     assert f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] (3)" in text
     assert "abc123def456" in text and "2.14.1" in text and "killed-seed0" in text

@@ -25,7 +25,6 @@ on hosts sharing the folder, can work through one grid together without running 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import fnmatch
 import itertools
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from jsonargparse import ArgumentParser
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -361,12 +361,13 @@ def dry_run(
 def grid_main(argv: list[str] | None = None) -> int:
     """``sskt grid --config GRID.yaml [--out DIR] [--jobs N] [--only GLOBS] [--seed-major] [--dry-run]``; exit
     status 1 if any cell failed."""
-    parser = argparse.ArgumentParser(prog="sskt grid", description="Run every cell of a grid of training runs.")
-    parser.add_argument("--config", required=True, help="grid YAML file (base, axes, seeds, out)")
-    parser.add_argument("--out", default=None, help="root of the cell directories (default: the grid's 'out')")
+    parser = ArgumentParser(prog="sskt grid", description="Run every cell of a grid of training runs.")
+    parser.exit_on_error = False
+    parser.add_argument("--config", type=str, required=True, help="grid YAML file (base, axes, seeds, out)")
+    parser.add_argument("--out", type=str | None, default=None, help="root of the cells (default: the grid's 'out')")
     parser.add_argument("--jobs", type=int, default=1, help="cells run in parallel; each gets cores/jobs threads")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads per cell (default: cores/jobs)")
-    parser.add_argument("--only", default=None, help="comma-separated globs of cell names to run ('kd-*,*-seed0')")
+    parser.add_argument("--threads", type=int | None, default=None, help="CPU threads per cell (default: cores/jobs)")
+    parser.add_argument("--only", type=str | None, default=None, help="comma-separated globs of cells ('kd-*,*-seed0')")
     parser.add_argument("--seed-major", action="store_true", help="run every setting's seed 0 first, then seed 1...")
     parser.add_argument("--dry-run", action="store_true", help="print each cell's state and command, run nothing")
     args = parser.parse_args(argv)

@@ -7,13 +7,14 @@ docs/CONTRACTS.md), so a report can be regenerated from the files at any time. `
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from jsonargparse import ArgumentParser
 
 from sskt.errors import UserError, choice_error
 from sskt.experiments.plots import bar_chart, learning_curves
@@ -368,18 +369,27 @@ def _chosen_by_validation(rows: Sequence[Row], metric: str) -> list[str]:
     ]
 
 
+def seed_list(text: str) -> list[int]:
+    """``"0,3"`` -> ``[0, 3]``; anything but comma-separated integers is a one-line UserError."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--drop-seed takes comma-separated integer seeds such as 0,3; got {text!r}") from None
+
+
 def report_main(argv: list[str] | None = None) -> int:
-    """``sskt report RUNS_DIR [RUNS_DIR ...] [--out DIR] [--metric NAME] [--no-plots] [--drop-seed N ...]``."""
-    parser = argparse.ArgumentParser(prog="sskt report", description="Tables and plots from run directories.")
-    parser.add_argument("runs_dir", nargs="+", help="folders holding run directories (any depth)")
-    parser.add_argument("--out", default=None, help="where report.md, report.csv and plots go (default: the first)")
-    parser.add_argument("--metric", default=None, help="headline metric (default: test_acc, else test AP/mAP)")
+    """``sskt report RUNS_DIR [RUNS_DIR ...] [--out DIR] [--metric NAME] [--no-plots] [--drop-seed N[,N...]]``."""
+    parser = ArgumentParser(prog="sskt report", description="Tables and plots from run directories.")
+    parser.exit_on_error = False
+    parser.add_argument("runs_dir", nargs="+", type=str, help="folders holding run directories (any depth)")
+    parser.add_argument("--out", type=str | None, default=None, help="where the report goes (default: the first)")
+    parser.add_argument("--metric", type=str | None, default=None, help="headline metric (default: test_acc)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument(
-        "--drop-seed", type=int, action="append", default=[], metavar="N",
-        help="leave out the runs of seed N (repeatable): the seeds that chose a setting never confirm it",
+        "--drop-seed", type=str, default="", metavar="N[,N...]",
+        help="leave out the runs of these seeds: the seeds that chose a setting never confirm it",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    path = write_report(args.runs_dir, args.out, not args.no_plots, args.metric, args.drop_seed)
+    path = write_report(args.runs_dir, args.out, not args.no_plots, args.metric, seed_list(args.drop_seed))
     print(path)
     return 0
