@@ -15,9 +15,9 @@ from sskt.config import TrainConfig
 from sskt.config_io import load_config
 from sskt.engine import check_config, evaluate, loop, train
 from sskt.engine.checkpoint import load_checkpoint, save_atomic
-from sskt.engine.records import read_records
 from sskt.engine.seeding import rng_state, seed_everything, set_rng_state
 from sskt.errors import UserError
+from sskt.rundir import RunDir
 
 RECORD_KEYS = {"epoch", "train_loss", "lr", "epoch_seconds", "images_per_second", "test_acc", "test_loss"}
 RECORD_KEYS |= {"val_acc", "val_loss"}
@@ -73,14 +73,17 @@ def test_resume_reaches_the_same_numbers_and_weights(runs: dict) -> None:
     for key in full:
         assert torch.equal(full[key], resumed[key]), key
     # The resumed run lists every epoch exactly once, with the uninterrupted run's losses.
-    full_records, split_records = read_records(runs["root"] / "full"), read_records(runs["root"] / "split")
+    full_records, split_records = (
+        RunDir(runs["root"] / "full").read_records(),
+        RunDir(runs["root"] / "split").read_records(),
+    )
     assert [r["epoch"] for r in split_records] == [1, 2]
     assert [r["train_loss"] for r in split_records] == [r["train_loss"] for r in full_records]
 
 
 def test_run_directory_has_the_documented_files_and_keys(runs: dict) -> None:
     run = runs["root"] / "full"
-    records = read_records(run)
+    records = RunDir(run).read_records()
     assert len(records) == 2 and all(set(r) >= RECORD_KEYS for r in records)
     assert all(0 <= r["test_acc"] <= 100 for r in records)
     summary = json.loads((run / "summary.json").read_text())

@@ -16,10 +16,10 @@ from sskt.config import MethodConfig, SourceConfig
 from sskt.data import build_dataset
 from sskt.data.spec import Batch
 from sskt.engine import train
-from sskt.engine.records import read_records
 from sskt.errors import UserError
 from sskt.methods import METHODS, MethodContext
 from sskt.methods.sskt import alpha_at, source_keys
+from sskt.rundir import RunDir
 
 SOURCE = "efficientnet_lite0.imagenet"
 
@@ -128,7 +128,7 @@ def source_entropy_per_epoch(cfg) -> list[float]:
 def test_method_learns_a_small_task(method: str, colour_cfg, tmp_path) -> None:
     cfg = colour_cfg(tmp_path / method, method)
     summary = train(cfg)
-    records = read_records(cfg.out)
+    records = RunDir(cfg.out).read_records()
     # SSKT's total is dominated by the 1000-class aux term, which cannot fall far; its primary term is checked below.
     ratio = records[-1]["train_loss"] / records[0]["train_loss"]
     assert fell(f"{method} train_loss last/first", ratio, 0.5 if method == "scratch" else 1.0)

@@ -6,24 +6,14 @@ from pathlib import Path
 
 import torch
 
-from sskt.config_io import load_config
 from sskt.data import build_dataset
 from sskt.data.stream import train_split
 from sskt.engine.checkpoint import load_checkpoint
 from sskt.engine.evaluation import eval_splits, evaluate_splits
-from sskt.engine.records import CHECKPOINT, CONFIG, WEIGHTS
 from sskt.engine.weights import load_target_weights
-from sskt.errors import UserError
 from sskt.methods import METHODS, MethodContext
 from sskt.models import build_target
-
-
-def _run_dir(path: Path) -> Path:
-    """The run directory a path belongs to: the directory itself, or the one holding the weights/checkpoint."""
-    for candidate in (path, path.parent, path.parent.parent):
-        if (candidate / CONFIG).is_file():
-            return candidate
-    raise UserError(f"{str(path)!r} is not a run directory, its {WEIGHTS}, or its {CHECKPOINT} (no {CONFIG} found)")
+from sskt.rundir import RunDir
 
 
 def evaluate(path: str | Path, device: str | torch.device = "cpu") -> dict[str, float]:
@@ -31,8 +21,8 @@ def evaluate(path: str | Path, device: str | torch.device = "cpu") -> dict[str, 
     ``model.safetensors`` evaluates the final target; a checkpoint file (``checkpoints/last.pt``) rebuilds the method
     and evaluates every network it evaluates during training."""
     path = Path(path)
-    run = _run_dir(path)
-    cfg = load_config(run / CONFIG)
+    run = RunDir.containing(path)
+    cfg = run.read_config()
     cfg.data.download = False
     spec = build_dataset(cfg.data)
     device = torch.device(device)
@@ -40,7 +30,7 @@ def evaluate(path: str | Path, device: str | torch.device = "cpu") -> dict[str, 
     splits = eval_splits(spec, val, cfg.data.eval_batch_size, device, cfg.data.num_workers)
     if path.suffix == ".pt":
         return _evaluate_checkpoint(cfg, spec, path, splits, device)
-    state, aux_classes = load_target_weights(path if path.suffix == ".safetensors" else run / WEIGHTS)
+    state, aux_classes = load_target_weights(path if path.suffix == ".safetensors" else run.weights)
     net = build_target(cfg.model, spec.num_classes, aux_classes, cfg.head)
     net.load_state_dict(state)
     return evaluate_splits({"": net.to(device)}, splits, spec.task, spec.num_classes, device)

@@ -16,11 +16,12 @@ from sskt.engine.checks import check_config
 from sskt.engine.evaluation import eval_splits, evaluate_splits, headline_metric
 from sskt.engine.precise_bn import recompute_bn_stats
 from sskt.engine.progress import EpochProgress, epoch_line
-from sskt.engine.records import RunDir, git_commit, versions
+from sskt.engine.records import git_commit, versions
 from sskt.engine.seeding import rng_state, seed_everything, set_rng_state
 from sskt.engine.soft_cache import attach_cache
 from sskt.engine.weights import save_target_weights
 from sskt.methods import METHODS, Method, MethodContext
+from sskt.rundir import RunDir
 
 
 def build_fabric(cfg: TrainConfig, run: RunDir) -> Fabric:

@@ -17,6 +17,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from sskt.rundir import RunDir
+
 LOCK = ".grid.lock"
 
 
@@ -25,10 +27,10 @@ def cell_state(cell_dir: Path) -> str:
 
     A run killed after writing an epoch's record but before its first checkpoint also resumes: ``sskt train``
     refuses to overwrite records unless resuming, and a resume without a checkpoint starts from epoch 0."""
-    if (cell_dir / "summary.json").is_file():
+    run = RunDir(cell_dir)
+    if run.is_finished():
         return "done"
-    records = cell_dir / "records.jsonl"
-    if (cell_dir / "checkpoints" / "last.pt").is_file() or (records.is_file() and records.stat().st_size > 0):
+    if run.has_progress():
         return "resume"
     return "new"
 

@@ -6,19 +6,17 @@ Pure functions of the run directories' ``records.jsonl`` and ``summary.json`` (`
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from sskt.engine.records import normalise_summary
 from sskt.errors import UserError
+from sskt.rundir import RECORDS, SUMMARY, RunDir
 
 
-def _read_run(run: Path) -> tuple[dict, list[dict]]:
-    summary_path, records_path = run / "summary.json", run / "records.jsonl"
-    if not summary_path.is_file() or not records_path.is_file():
-        raise UserError(f"run {str(run)!r} has no summary.json/records.jsonl (not trained yet?)")
-    records = [json.loads(line) for line in records_path.read_text().splitlines() if line.strip()]
-    return normalise_summary(json.loads(summary_path.read_text())), records
+def _read_run(path: Path) -> tuple[dict, list[dict]]:
+    run = RunDir(path)
+    if not run.is_finished() or not run.records.is_file():
+        raise UserError(f"run {str(path)!r} has no {SUMMARY}/{RECORDS} (not trained yet?)")
+    return run.read_summary(), run.read_records()
 
 
 def run_rows(runs: list[str | Path], metric: str = "test_acc") -> list[dict]:

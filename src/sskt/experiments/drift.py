@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from sskt.config import TrainConfig
-from sskt.config_io import config_to_dict, flatten, load_config, parse_train_args
+from sskt.config_io import config_to_dict, flatten, parse_train_args
 from sskt.errors import UserError
 from sskt.experiments.runs import NON_SETTING_KEYS
+from sskt.rundir import RunDir
 
 IGNORED = NON_SETTING_KEYS - {"seed"}
 """Fields that say where a run lives or how fast it goes, not what it computes (the report's list, but a cell's
@@ -35,7 +36,7 @@ def cell_changes(argv: list[str], cell_dir: Path) -> list[str]:
     Fields added to TrainConfig after the run take their defaults on both sides; a stored config that no longer
     parses counts as a change."""
     try:
-        stored: TrainConfig = load_config(cell_dir / "config.yaml")
+        stored: TrainConfig = RunDir(cell_dir).read_config()
     except UserError as exc:
         return [f"config.yaml no longer reads ({exc})"]
     return config_changes(config_to_dict(stored), config_to_dict(parse_train_args(argv)))
@@ -43,7 +44,7 @@ def cell_changes(argv: list[str], cell_dir: Path) -> list[str]:
 
 def changes_if_run(argv: list[str], cell_dir: Path, state: str) -> list[str]:
     """``cell_changes`` for a cell that is done or interrupted (``state``) and has a ``config.yaml``; [] otherwise."""
-    if state == "new" or not (cell_dir / "config.yaml").is_file():
+    if state == "new" or not RunDir(cell_dir).config.is_file():
         return []
     return cell_changes(argv, cell_dir)
 

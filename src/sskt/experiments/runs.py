@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sskt.config import TrainConfig
-from sskt.config_io import drop_retired, flatten
-from sskt.engine.records import read_summary
+from sskt.config_io import flatten
 from sskt.errors import UserError
+from sskt.rundir import CONFIG, SUMMARY, RunDir
 
 # Keys that change where or how fast a run goes, not what it computes: runs differing only in these (and the seed)
 # are replicates of one setting.
@@ -69,11 +66,8 @@ def _default_config() -> dict[str, Any]:
 
 def load_run(path: Path) -> Run:
     """Read one run directory (it must hold ``summary.json`` and ``config.yaml``)."""
-    config = drop_retired(yaml.safe_load((path / "config.yaml").read_text()) or {})
-    summary = read_summary(path)
-    lines = (path / "records.jsonl").read_text().splitlines() if (path / "records.jsonl").exists() else []
-    records = [json.loads(line) for line in lines if line.strip()]
-    return Run(path, flatten(config, lists=True), records, summary)
+    run = RunDir(path)
+    return Run(path, flatten(run.read_config_dict(), lists=True), run.read_records(), run.read_summary())
 
 
 def collect_runs(roots: Sequence[Path]) -> tuple[list[Run], list[Path]]:
@@ -95,8 +89,8 @@ def collect_runs(roots: Sequence[Path]) -> tuple[list[Run], list[Path]]:
 
 def find_runs(root: Path) -> tuple[list[Run], list[Path]]:
     """Finished runs under ``root`` (any depth), and the unfinished directories (config but no summary)."""
-    runs = [load_run(p.parent) for p in sorted(root.rglob("summary.json")) if (p.parent / "config.yaml").exists()]
-    unfinished = [p.parent for p in sorted(root.rglob("config.yaml")) if not (p.parent / "summary.json").exists()]
+    runs = [load_run(p.parent) for p in sorted(root.rglob(SUMMARY)) if RunDir(p.parent).config.exists()]
+    unfinished = [p.parent for p in sorted(root.rglob(CONFIG)) if not RunDir(p.parent).is_finished()]
     return runs, unfinished
 
 

@@ -18,11 +18,10 @@ from sskt.data import build_dataset
 from sskt.data.datasets import STATS
 from sskt.errors import UserError
 from sskt.models import build_target
+from sskt.rundir import CONFIG, RunDir
 from sskt.sources.base import SOURCES, Pretrained
 from sskt.sources.weights import State, load_into, load_state_file
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.yaml"
 AUX_PREFIX = "aux."  # the Target's auxiliary heads (sskt.models.target); they play no part in the primary logits
 
 
@@ -30,17 +29,17 @@ def _locate(path: str) -> tuple[Path, Path]:
     """(weights file, config file) for a run directory or a weights file."""
     p = Path(path).expanduser()
     if p.is_dir():
-        return p / WEIGHTS_FILE, p / CONFIG_FILE
+        return RunDir(p).weights, RunDir(p).config
     if p.is_file():
-        return p, p.parent / CONFIG_FILE
+        return p, RunDir(p.parent).config
     raise UserError(f"checkpoint {path!r} does not exist (give a run directory or a .safetensors/.pt file)")
 
 
 def _read_config(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
-        raise UserError(f"{what}: no {CONFIG_FILE} at {str(path)!r} (it names the architecture and the dataset)")
+        raise UserError(f"{what}: no {CONFIG} at {str(path)!r} (it names the architecture and the dataset)")
     try:
-        cfg = yaml.safe_load(path.read_text())
+        cfg = RunDir(path.parent).read_config_dict()
         return {"model": cfg["model"]["name"], "data": cfg["data"]}
     except (yaml.YAMLError, KeyError, TypeError) as exc:
         raise UserError(f"{what}: {str(path)!r} has no model.name and data section ({type(exc).__name__})") from exc
