@@ -215,9 +215,16 @@ def test_dml_evaluates_and_checkpoints_every_peer(tiny_model: str) -> None:
     m = built("dml", tiny_model)
     assert list(m.evaluated()) == ["", "peer1_"]
     state = m.state_dict()
-    assert set(state) == {"nets", "opts", "scheds"} and set(state["nets"]) == {"target", "peer1"}
+    assert set(state) == {"networks"} and set(state["networks"]) == {"target", "peer1"}
+    assert all(set(s) == {"module", "opt", "sched"} for s in state["networks"].values())
     with pytest.raises(UserError, match="peer1"):
-        m.load_state_dict({k: {"target": v["target"]} for k, v in state.items()})
+        m.load_state_dict({"networks": {"target": state["networks"]["target"]}})
+    # A checkpoint written before the base class kept the networks (nets/opts/scheds by name) still restores.
+    legacy = {key: {n: s[part] for n, s in state["networks"].items()} for key, part in
+              (("nets", "module"), ("opts", "opt"), ("scheds", "sched"))}  # fmt: skip
+    m.load_state_dict(legacy)
+    with pytest.raises(UserError, match="peer1"):
+        m.load_state_dict({k: {"target": v["target"]} for k, v in legacy.items()})
 
 
 # --- MAXL at the method level -------------------------------------------------------------------------------------
@@ -357,3 +364,19 @@ def test_maxl_two_pass_trains_through_the_engine_and_resumes(colour_cfg, tiny_mo
     train(first)
     resumed = train(dataclasses.replace(first, epochs=2, resume=True))
     assert resumed["final"] == pytest.approx(expected["final"])
+
+
+def test_checkpoints_written_before_the_base_class_kept_the_networks_still_restore(tiny_model: str) -> None:
+    """The single-network layout (net/opt/sched) and MAXL's (plus gen/gen_opt/gen_sched) map onto the declared
+    networks, so a run interrupted under the older layout resumes."""
+    m = built("maxl", tiny_model, psi=2)
+    m.training_step(toy_batch())
+    nets = m.state_dict()["networks"]
+    legacy = {"net": nets["target"]["module"], "opt": nets["target"]["opt"], "sched": nets["target"]["sched"]}
+    legacy |= {"gen": nets["generator"]["module"], "gen_opt": nets["generator"]["opt"]}
+    legacy["gen_sched"] = nets["generator"]["sched"]
+    fresh = built("maxl", tiny_model, psi=2)
+    fresh.load_state_dict(legacy)
+    for key, value in fresh.state_dict()["networks"]["generator"]["module"].items():
+        assert torch.equal(value, nets["generator"]["module"][key]), key
+    assert fresh.opt.state_dict()["state"].keys() == m.opt.state_dict()["state"].keys()

@@ -25,8 +25,7 @@ def save_target_weights(method: Method, path: str | Path) -> None:
     # Clone: safetensors refuses tensors that share storage (tied or viewed parameters).
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in net.state_dict().items()}
     # Class counts of the aux heads let ``evaluate`` rebuild the same Target without building the sources.
-    aux = getattr(method, "aux_classes", {}) or {}
-    save_file(tensors, str(path), metadata={"aux_classes": json.dumps(dict(aux))})
+    save_file(tensors, str(path), metadata={"aux_classes": json.dumps(dict(method.aux_classes))})
 
 
 def load_target_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, int]]:

@@ -1,10 +1,13 @@
 """The contract between a method and the training loop. The loop never branches on a method's name.
 
-A method owns its networks, optimizers and schedulers. The engine builds it with a ``MethodContext``, calls
-``setup(fabric)`` once, then per epoch ``start_epoch``, for each of its ``phases()`` (usually one) ``start_phase``
-and ``training_step`` for every batch (the method does its own backward and optimizer steps, so DML and MAXL can
-alternate several), and ``end_epoch``. Evaluation runs every
-network in ``evaluated()``; checkpoints hold ``state_dict()``.
+A method declares the networks it trains in ``__init__`` (``self.declare(name, build, optim)``, the target
+first); the base class seeds their construction, sets them up on the fabric (channels-last, ``fabric.setup``, one
+SGD optimizer and schedule each), steps their schedules, reports the target's learning rate, and saves and restores
+all of it. The engine builds a method with a ``MethodContext``, calls ``setup(fabric)`` once, then per epoch
+``start_epoch``, for each of its ``phases()`` (usually one) ``start_phase`` and ``training_step`` for every batch
+(the method does its own backward and optimizer steps, so DML and MAXL can alternate several), and ``end_epoch``.
+Evaluation runs every network in ``evaluated()``; checkpoints hold ``state_dict()``; ``aux_classes`` (source name
+to class count) is stored with the target's weights so ``evaluate`` rebuilds the same target without the sources.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from sskt.config import TrainConfig
+from sskt.config import OptimConfig, TrainConfig
 from sskt.data.spec import Batch, DatasetSpec
 from sskt.errors import UserError
 from sskt.losses import primary_loss
@@ -55,19 +58,59 @@ def single_label_primary(method: str, name: str) -> Callable[[Tensor, Tensor], T
     return primary_loss(name)
 
 
+@dataclass
+class Network:
+    """A network a method trains: the module as built (``raw``: for functional calls and statistics-free
+    forwards), the module Fabric wrapped (``module``: for training steps), its optimizer and its schedule."""
+
+    name: str
+    raw: nn.Module
+    optim: OptimConfig
+    module: nn.Module | None = None
+    opt: torch.optim.Optimizer | None = None
+    sched: torch.optim.lr_scheduler.LRScheduler | None = None
+
+
 class Method:
     """Base class of every training method."""
+
+    aux_classes: dict[str, int]
+    """Class count of each auxiliary head of the target, by source name ({} without auxiliary heads)."""
 
     def __init__(self, ctx: MethodContext) -> None:
         self.ctx = ctx
         self.cfg = ctx.cfg
         self.epoch = 0
         self.fabric: Fabric | None = None
+        self.networks: dict[str, Network] = {}
+        self.aux_classes = {}
+
+    # --- the networks a method trains --------------------------------------------------------------------------
+    def declare(self, name: str, build: Callable[[], nn.Module], optim: OptimConfig | None = None) -> nn.Module:
+        """Build and register a trained network (``optim``: its SGD settings, default ``cfg.optim``). The first
+        declared is the target; the global RNG is seeded with ``cfg.seed`` right before it is built, so it starts
+        from the same weights under every method with that seed, and later networks follow in declaration order."""
+        if not self.networks:
+            torch.manual_seed(self.cfg.seed)
+        module = build()
+        self.networks[name] = Network(name, module, optim or self.cfg.optim)
+        return module
+
+    def net_of(self, name: str) -> nn.Module:
+        """The network ``name`` as training uses it (Fabric-wrapped after ``setup``)."""
+        network = self.networks[name]
+        return network.raw if network.module is None else network.module
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     def setup(self, fabric: Fabric) -> None:
-        """Move networks to the device and wrap them and their optimizers with Fabric."""
+        """Every declared network: channels-last when asked, one SGD optimizer, ``fabric.setup``, its schedule."""
         self.fabric = fabric
+        for network in self.networks.values():
+            if self.cfg.channels_last:
+                network.raw = network.raw.to(memory_format=torch.channels_last)
+            opt = build_sgd(network.raw.parameters(), network.optim)
+            network.module, network.opt = fabric.setup(network.raw, opt)
+            network.sched = build_scheduler(network.opt, network.optim, self.cfg.epochs)
 
     def start_epoch(self, epoch: int) -> None:
         """Called before the first step of ``epoch`` (0-based)."""
@@ -88,12 +131,14 @@ class Method:
         raise NotImplementedError
 
     def end_epoch(self, epoch: int) -> None:
-        """Called after the last step of ``epoch``: step the learning-rate schedules."""
+        """Called after the last step of ``epoch``: step every network's learning-rate schedule."""
+        for network in self.networks.values():
+            network.sched.step()
 
     # --- what the engine reads -------------------------------------------------------------------------------
     def trained(self) -> dict[str, nn.Module]:
         """The networks this method trains, by name; the first is the target (the run's headline)."""
-        raise NotImplementedError
+        return {name: self.net_of(name) for name in self.networks}
 
     def evaluated(self) -> dict[str, nn.Module]:
         """Networks to evaluate, by metric prefix ('' for the target, e.g. 'peer1_' for a DML peer). Each maps an
@@ -103,54 +148,69 @@ class Method:
 
     def lr(self) -> float:
         """The target's current learning rate (for records)."""
-        raise NotImplementedError
+        return next(iter(self.networks.values())).opt.param_groups[0]["lr"]
 
     def state_dict(self) -> dict:
-        """Everything needed to resume: network weights, optimizer and scheduler states (tensors, numbers, dicts)."""
-        raise NotImplementedError
+        """Everything needed to resume: per network, its weights, optimizer and schedule states."""
+        return {
+            "networks": {
+                name: {
+                    "module": self.net_of(name).state_dict(),
+                    "opt": n.opt.state_dict(),
+                    "sched": n.sched.state_dict(),
+                }
+                for name, n in self.networks.items()
+            }
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        raise NotImplementedError
+        """Restore ``state_dict()``'s output (or a checkpoint written before networks were declared)."""
+        saved = legacy_networks(state)
+        missing = sorted(set(self.networks) - set(saved))
+        if missing:
+            raise UserError(f"checkpoint lacks the networks {missing}; it has {sorted(saved)}")
+        for name, network in self.networks.items():
+            self.net_of(name).load_state_dict(saved[name]["module"])
+            network.opt.load_state_dict(saved[name]["opt"])
+            network.sched.load_state_dict(saved[name]["sched"])
+
+
+def legacy_networks(state: dict) -> dict[str, dict]:
+    """Per-network states from a checkpoint: today's ``{"networks": ...}``, or the layouts written before the base
+    class kept them (single network ``net/opt/sched``; MAXL adds ``gen/gen_opt/gen_sched``; DML ``nets/opts/scheds``
+    by name)."""
+    if "networks" in state:
+        return state["networks"]
+    if "nets" in state:
+        named = set(state["nets"]) & set(state["opts"]) & set(state["scheds"])
+        return {k: {"module": state["nets"][k], "opt": state["opts"][k], "sched": state["scheds"][k]} for k in named}
+    out = {"target": {"module": state["net"], "opt": state["opt"], "sched": state["sched"]}}
+    if "gen" in state:
+        out["generator"] = {"module": state["gen"], "opt": state["gen_opt"], "sched": state["gen_sched"]}
+    return out
 
 
 class SingleNetMethod(Method):
-    """A method that trains one network with one SGD optimizer: subclasses build ``self.net`` in ``__init__`` and
-    implement ``compute_loss``. Scratch, SSKT and KD are of this kind."""
-
-    net: nn.Module
-
-    def setup(self, fabric: Fabric) -> None:
-        super().setup(fabric)
-        opt = build_sgd(self.net.parameters(), self.cfg.optim)
-        if self.cfg.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
-        self.net, self.opt = fabric.setup(self.net, opt)
-        self.sched = build_scheduler(self.opt, self.cfg.optim, self.cfg.epochs)
+    """A method that trains one network, the target, with one SGD optimizer: subclasses declare it in ``__init__``
+    (``self.declare("target", ...)``) and implement ``compute_loss``. Scratch, SSKT and KD are of this kind."""
 
     def compute_loss(self, batch: Batch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Return ``(loss, primary logits of the labelled rows, logs)`` for one batch."""
         raise NotImplementedError
 
+    @property
+    def net(self) -> nn.Module:
+        """The target as training uses it (Fabric-wrapped after ``setup``)."""
+        return self.net_of("target")
+
+    @property
+    def opt(self) -> torch.optim.Optimizer:
+        return self.networks["target"].opt
+
     def training_step(self, batch: Batch) -> StepOutput:
         loss, logits, logs = self.compute_loss(batch)
-        self.opt.zero_grad(set_to_none=True)
+        opt = self.opt
+        opt.zero_grad(set_to_none=True)
         self.fabric.backward(loss)
-        self.opt.step()
+        opt.step()
         return StepOutput(loss.detach(), logits.detach(), {k: v.detach() for k, v in logs.items()})
-
-    def end_epoch(self, epoch: int) -> None:
-        self.sched.step()
-
-    def trained(self) -> dict[str, nn.Module]:
-        return {"target": self.net}
-
-    def lr(self) -> float:
-        return self.opt.param_groups[0]["lr"]
-
-    def state_dict(self) -> dict:
-        return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.net.load_state_dict(state["net"])
-        self.opt.load_state_dict(state["opt"])
-        self.sched.load_state_dict(state["sched"])

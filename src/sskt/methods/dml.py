@@ -26,10 +26,9 @@ from sskt.methods import METHODS
 from sskt.methods.base import Method, MethodContext, StepOutput, single_label_primary
 from sskt.models import build_target
 from sskt.models.base import TargetOutput
-from sskt.optim import build_scheduler, build_sgd
 
 if TYPE_CHECKING:
-    from lightning_fabric import Fabric
+    pass
 
 
 def _logits(out: TargetOutput | Tensor) -> Tensor:
@@ -57,27 +56,24 @@ class DML(Method):
         self.primary = single_label_primary("dml", self.cfg.method.primary_loss)
         classes = ctx.spec.num_classes
         self.names = ["target"] + [f"peer{i}" for i in range(1, len(self.cfg.method.dml.peers) + 1)]
-        # Seed right before building so the target starts from the same weights as scratch with the same seed.
-        torch.manual_seed(self.cfg.seed)
-        nets = [build_target(self.cfg.model, classes, {}, self.cfg.head)]
-        for arch in self.cfg.method.dml.peers:
-            nets.append(
-                build_target(ModelConfig(name=arch, pretrained=self.cfg.model.pretrained), classes, {}, HeadConfig())
-            )
-        self.nets = nets
+        self.declare("target", lambda: build_target(self.cfg.model, classes, {}, self.cfg.head))
+        for name, arch in zip(self.names[1:], self.cfg.method.dml.peers, strict=True):
+            peer = ModelConfig(name=arch, pretrained=self.cfg.model.pretrained)
+            self.declare(name, lambda peer=peer: build_target(peer, classes, {}, HeadConfig()))
 
-    def setup(self, fabric: Fabric) -> None:
-        super().setup(fabric)
-        nets, opts, self.raw_nets, self.scheds = [], [], [], []
-        for net in self.nets:
-            if self.cfg.channels_last:
-                net = net.to(memory_format=torch.channels_last)
-            self.raw_nets.append(net)  # the raw module, for recomputing without DDP or stat updates
-            net, opt = fabric.setup(net, build_sgd(net.parameters(), self.cfg.optim))
-            nets.append(net)
-            opts.append(opt)
-            self.scheds.append(build_scheduler(opt, self.cfg.optim, self.cfg.epochs))
-        self.nets, self.opts = nets, opts
+    @property
+    def nets(self) -> list[nn.Module]:
+        """Every peer as training uses it (Fabric-wrapped after setup), the target first."""
+        return [self.net_of(name) for name in self.names]
+
+    @property
+    def raw_nets(self) -> list[nn.Module]:
+        """The raw modules, for recomputing a prediction without DDP or statistics updates."""
+        return [self.networks[name].raw for name in self.names]
+
+    @property
+    def opts(self) -> list[torch.optim.Optimizer]:
+        return [self.networks[name].opt for name in self.names]
 
     def training_step(self, batch: Batch) -> StepOutput:
         """Update every peer once on the labelled rows, in order; report the target's loss and logits."""
@@ -98,30 +94,5 @@ class DML(Method):
         logs = {f"{name}_loss": loss for name, loss in zip(self.names[1:], losses[1:], strict=True)}
         return StepOutput(losses[0], first_logits, logs)
 
-    def end_epoch(self, epoch: int) -> None:
-        for sched in self.scheds:
-            sched.step()
-
-    def trained(self) -> dict[str, nn.Module]:
-        return dict(zip(self.names, self.nets, strict=True))
-
     def evaluated(self) -> dict[str, nn.Module]:
         return {("" if name == "target" else f"{name}_"): net for name, net in zip(self.names, self.nets, strict=True)}
-
-    def lr(self) -> float:
-        return self.opts[0].param_groups[0]["lr"]
-
-    def state_dict(self) -> dict:
-        return {
-            "nets": {name: net.state_dict() for name, net in zip(self.names, self.nets, strict=True)},
-            "opts": {name: opt.state_dict() for name, opt in zip(self.names, self.opts, strict=True)},
-            "scheds": {name: sched.state_dict() for name, sched in zip(self.names, self.scheds, strict=True)},
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        for key, objs in (("nets", self.nets), ("opts", self.opts), ("scheds", self.scheds)):
-            missing = set(self.names) - set(state[key])
-            if missing:
-                raise UserError(f"checkpoint lacks DML {key} for {sorted(missing)}; it has {sorted(state[key])}")
-            for name, obj in zip(self.names, objs, strict=True):
-                obj.load_state_dict(state[key][name])

@@ -68,9 +68,7 @@ class KD(SingleNetMethod):
             )
         # The sources' fast path: inference mode, channels-last, chunks of source_chunk images on CPU.
         self.bank = SourceBank({"teacher": self.teacher}, chunk=self.cfg.source_chunk)
-        # Seed right before building so the target starts from the same weights as scratch with the same seed.
-        torch.manual_seed(self.cfg.seed)
-        self.net = build_target(self.cfg.model, ctx.spec.num_classes, {}, self.cfg.head)
+        self.declare("target", lambda: build_target(self.cfg.model, ctx.spec.num_classes, {}, self.cfg.head))
 
     def setup(self, fabric) -> None:
         super().setup(fabric)

@@ -42,10 +42,9 @@ from sskt.methods import METHODS
 from sskt.methods.base import Method, MethodContext, StepOutput, single_label_primary
 from sskt.models import build_target
 from sskt.models.base import TargetOutput
-from sskt.optim import build_scheduler, build_sgd
 
 if TYPE_CHECKING:
-    from lightning_fabric import Fabric
+    pass
 
 AUX_HEAD = "maxl"
 """Name of the multi-task network's auxiliary head."""
@@ -164,30 +163,23 @@ class MAXL(Method):
         self.phase = "both"
         classes = ctx.spec.num_classes
         width = self.mcfg.psi * classes
-        torch.manual_seed(self.cfg.seed)  # the backbone starts as scratch's does with the same seed
         self.aux_classes = {AUX_HEAD: width}  # recorded with the weights, so `sskt evaluate` rebuilds the same net
-        self.net = build_target(self.cfg.model, classes, self.aux_classes, self.cfg.head)  # paper: linear
+        # The multi-task net first (its backbone starts as scratch's does with the same seed; paper head: linear).
+        self.declare("target", lambda: build_target(self.cfg.model, classes, self.aux_classes, self.cfg.head))
         gen_model = ModelConfig(name=self.mcfg.generator or self.cfg.model.name, pretrained=self.cfg.model.pretrained)
-        self.gen = build_target(gen_model, width, {}, HeadConfig())
-
-    def setup(self, fabric: Fabric) -> None:
-        """Wrap the multi-task net and the generator with their own SGD optimizers and halving schedules."""
-        super().setup(fabric)
-        if self.cfg.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
-            self.gen = self.gen.to(memory_format=torch.channels_last)
         # The paper's generator: plain SGD, its own lr and weight decay, on the run's schedule (halved every 50 epochs).
         gen_optim = dataclasses.replace(
             self.cfg.optim, lr=self.mcfg.generator_lr, momentum=0.0, weight_decay=self.mcfg.generator_weight_decay
         )
-        opt = build_sgd(self.net.parameters(), self.cfg.optim)
-        gen_opt = build_sgd(self.gen.parameters(), gen_optim)
-        # The meta step calls the raw modules functionally; Fabric moved them to the device in place.
-        self.net_module, self.gen_module = self.net, self.gen
-        self.net, self.opt = fabric.setup(self.net, opt)
-        self.gen, self.gen_opt = fabric.setup(self.gen, gen_opt)
-        self.sched = build_scheduler(self.opt, self.cfg.optim, self.cfg.epochs)
-        self.gen_sched = build_scheduler(self.gen_opt, gen_optim, self.cfg.epochs)
+        self.declare("generator", lambda: build_target(gen_model, width, {}, HeadConfig()), gen_optim)
+
+    # The meta step calls the raw modules functionally (Fabric moved them to the device in place).
+    net = property(lambda self: self.net_of("target"), doc="The multi-task net as training uses it.")
+    gen = property(lambda self: self.net_of("generator"), doc="The label generator as training uses it.")
+    net_module = property(lambda self: self.networks["target"].raw, doc="The raw multi-task net.")
+    gen_module = property(lambda self: self.networks["generator"].raw, doc="The raw label generator.")
+    opt = property(lambda self: self.networks["target"].opt)
+    gen_opt = property(lambda self: self.networks["generator"].opt)
 
     def phases(self) -> tuple[str, ...]:
         """'both' (interleaved, one pass), or the released code's 'multitask' pass then 'meta' pass."""
@@ -242,27 +234,3 @@ class MAXL(Method):
             p.grad = self.fabric.all_reduce(g, reduce_op="mean") if self.fabric.world_size > 1 else g
         self.gen_opt.step()
         return meta
-
-    def end_epoch(self, epoch: int) -> None:
-        self.sched.step()
-        self.gen_sched.step()
-
-    def trained(self) -> dict[str, nn.Module]:
-        return {"target": self.net, "generator": self.gen}
-
-    def lr(self) -> float:
-        return self.opt.param_groups[0]["lr"]
-
-    def state_dict(self) -> dict:
-        return {
-            "net": self.net.state_dict(),
-            "opt": self.opt.state_dict(),
-            "sched": self.sched.state_dict(),
-            "gen": self.gen.state_dict(),
-            "gen_opt": self.gen_opt.state_dict(),
-            "gen_sched": self.gen_sched.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        for key in ("net", "opt", "sched", "gen", "gen_opt", "gen_sched"):
-            getattr(self, key).load_state_dict(state[key])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from sskt.data.spec import Batch
@@ -19,9 +18,7 @@ class Scratch(SingleNetMethod):
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
         self.primary = primary_loss(self.cfg.method.primary_loss)
-        # Seed right before building so the initial weights depend on cfg.seed alone.
-        torch.manual_seed(self.cfg.seed)
-        self.net = build_target(self.cfg.model, ctx.spec.num_classes, {}, self.cfg.head)
+        self.declare("target", lambda: build_target(self.cfg.model, ctx.spec.num_classes, {}, self.cfg.head))
 
     def compute_loss(self, batch: Batch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         # Unlabelled rows carry nothing for scratch: only the labelled ones go through the network.

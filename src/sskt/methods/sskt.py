@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
 from sskt.config import MethodConfig, SourceConfig
@@ -67,10 +66,9 @@ class SSKT(SingleNetMethod):
         self.bank = SourceBank(built, chunk=self.cfg.source_chunk)
         self.primary = primary_loss(self.cfg.method.primary_loss)
         self.aux = aux_loss(self.cfg.method.aux_loss)
-        # Seed right before building so the target starts from the same weights as scratch with the same seed.
-        torch.manual_seed(self.cfg.seed)
         self.aux_classes = {k: src.num_classes for k, src in built.items()}
-        self.net = build_target(self.cfg.model, spec.num_classes, self.aux_classes, self.cfg.head)
+        # Declared (and so seeded) like scratch's target: the backbone starts from the same weights.
+        self.declare("target", lambda: build_target(self.cfg.model, spec.num_classes, self.aux_classes, self.cfg.head))
 
     def setup(self, fabric) -> None:
         super().setup(fabric)
