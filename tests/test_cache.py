@@ -269,8 +269,8 @@ def test_folders_with_one_layout_and_other_pixels_never_share_a_cache(tmp_path: 
 def test_topk_away_from_temperature_1_and_unknown_dtypes_are_refused(tmp_path: Path) -> None:
     spec = toy_spec()
     cfg = cache_cfg(tmp_path, topk=3)
-    cfg.method.temperature = 3.0
-    with pytest.raises(UserError, match=r"cache.topk=3 is exact only at method.temperature 1, got 3.0"):
+    cfg.method.sskt.temperature = 3.0
+    with pytest.raises(UserError, match=r"cache.topk=3 is exact only at method.sskt.temperature 1, got 3.0"):
         opened(cfg, spec, tiny_source(spec))
     cfg = cache_cfg(tmp_path, dtype="bfloat16")
     with pytest.raises(UserError, match=r"cache.dtype.*'bfloat16'.*float16, float32"):

@@ -65,6 +65,13 @@ def test_train_help_lists_fields_with_their_docstrings(capsys) -> None:
         (["--method.name", "dml", "--method.dml.peers", '["resnet7"]'], "resnet56"),
         (["--method.name", "maxl", "--method.maxl.generator", "vgg7"], "vgg16_bn"),
         (["--method.name", "kd"], "method.kd.teacher"),
+        # Literal choices: the parser itself rejects them and names the valid values.
+        (["--method.sskt.aux_loss", "l2"], "'ce', 'kd', 'kd_legacy', 'focal'"),
+        (["--head.kind", "mlp"], "'linear', 'tm'"),
+        (["--method.sskt.alpha_schedule", "step"], "'constant', 'warmup', 'cosine'"),
+        (["--sources", '[{"name": "resnet18.imagenet", "bn_mode": "frozen"}]'], "'eval', 'train'"),
+        (["--precision", "8-bit"], "'bf16-mixed'"),
+        (["--cache.dtype", "int8"], "'float16', 'float32'"),
     ],
 )
 def test_bad_names_and_values_exit_2_naming_the_choices(capsys, tmp_path, argv, expected) -> None:

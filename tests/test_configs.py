@@ -106,7 +106,7 @@ def test_paper_grids_offer_every_row_the_paper_picks_its_best_from(path: Path) -
     models = {c.get("model.name") for c in cells}
     for model in models:
         found = {
-            ("".join(sorted(aliases[s["name"]] for s in c["sources"])), c["head.kind"], c["method.aux_loss"])
+            ("".join(sorted(aliases[s["name"]] for s in c["sources"])), c["head.kind"], c["method.sskt.aux_loss"])
             for c in cells
             if c.get("method.name") == "sskt" and c.get("model.name") == model
         }

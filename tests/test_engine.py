@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sskt.config import TrainConfig
+from sskt.config import SourceConfig, TrainConfig
 from sskt.config_io import load_config
 from sskt.engine import check_config, evaluate, loop, train
 from sskt.engine.checkpoint import load_checkpoint, save_atomic
@@ -117,14 +117,19 @@ def test_refuses_to_overwrite_a_run_without_resume(runs: dict) -> None:
         train(cfg)
 
 
+def _sskt(cfg: TrainConfig) -> None:
+    """Make ``cfg`` an SSKT run (its own checks run only then)."""
+    cfg.method.name, cfg.sources = "sskt", [SourceConfig()]
+
+
 def test_check_config_names_the_bad_value_and_the_choices() -> None:
     for edit, bad in [
         (lambda c: setattr(c.model, "name", "resnet7"), "resnet7"),
         (lambda c: setattr(c.data, "name", "mnist9"), "mnist9"),
         (lambda c: setattr(c.method, "name", "magic"), "magic"),
         (lambda c: setattr(c.head, "kind", "mlp"), "mlp"),
-        (lambda c: setattr(c.method, "aux_loss", "l2"), "l2"),
-        (lambda c: setattr(c.method, "alpha_schedule", "step"), "step"),
+        (lambda c: (_sskt(c), setattr(c.method.sskt, "aux_loss", "l2")), "l2"),
+        (lambda c: (_sskt(c), setattr(c.method.sskt, "alpha_schedule", "step")), "step"),
         (lambda c: setattr(c, "precision", "8-bit"), "8-bit"),
         (lambda c: (setattr(c.cache, "enabled", True), setattr(c.cache, "dtype", "int8")), "int8"),
     ]:
@@ -138,8 +143,8 @@ def test_check_config_names_the_bad_value_and_the_choices() -> None:
 
 def test_check_config_refuses_inexact_topk_and_bad_split_sizes_before_any_work() -> None:
     cfg = TrainConfig()
-    cfg.cache.enabled, cfg.cache.topk, cfg.method.temperature = True, 5, 3.0
-    with pytest.raises(UserError, match="exact only at method.temperature 1"):
+    cfg.cache.enabled, cfg.cache.topk, cfg.method.sskt.temperature = True, 5, 3.0
+    with pytest.raises(UserError, match="exact only at method.sskt.temperature 1"):
         check_config(cfg)
     for field, value in (("val_per_class", 0), ("crop_padding", -1)):
         cfg = TrainConfig()

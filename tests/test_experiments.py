@@ -40,7 +40,7 @@ GRID = {
             {"label": "scratch", "method.name": "scratch"},
             {"method.name": "sskt", "head.kind": "tm"},
         ],
-        "method.alpha": [0.5, 1],
+        "method.sskt.alpha": [0.5, 1],
     },
     "seeds": [0, 3],
     "out": "runs/x",
@@ -66,7 +66,7 @@ def test_expand_is_the_product_with_readable_stable_names(tmp_path: Path) -> Non
         "optim.lr": 0.05,
         "method.name": "sskt",
         "head.kind": "tm",
-        "method.alpha": 0.5,
+        "method.sskt.alpha": 0.5,
     }
     assert tm.seed == 0 and tm.configs == [(tmp_path / "preset.yaml").resolve()]
 
@@ -96,7 +96,7 @@ def test_grid_rejects_bad_keys_and_colliding_names(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="axis"):
         parse_grid({"axis": {}})
     with pytest.raises(UserError, match="distinct"):
-        expand(parse_grid({"axes": {"v": [{"method.name": "kd"}, {"label": "kd", "method.alpha": 2}]}}))
+        expand(parse_grid({"axes": {"v": [{"method.name": "kd"}, {"label": "kd", "method.sskt.alpha": 2}]}}))
 
 
 def test_train_argv_passes_overrides_seed_out_and_resume(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from sskt.experiments.grid import dry_run, expand, load_grid, run_grid, train_ar
 
 GRID = {
     "base": [{"epochs": 2, "data.labels_per_class": 10, "method.name": "sskt", "optim.lr": 0.05}],
-    "axes": {"method.alpha": [0.5, 1.0]},
+    "axes": {"method.sskt.alpha": [0.5, 1.0]},
     "seeds": [0],
 }
 
@@ -40,9 +40,19 @@ def _no_runs(argv: list[str], cell_dir: Path, threads: int) -> int:
 
 
 def test_changes_name_the_field_and_ignore_where_and_how_fast() -> None:
-    stored = {"out": "a", "threads": 1, "method": {"alpha": 1.0, "name": "sskt"}, "data": {"root": "/x", "seed": 0}}
-    now = {"out": "b", "threads": 2, "method": {"alpha": 0.5, "name": "sskt"}, "data": {"root": "/y", "seed": 0}}
-    assert config_changes(stored, now) == ["method.alpha: 1.0 -> 0.5"]
+    stored = {
+        "out": "a",
+        "threads": 1,
+        "method": {"sskt": {"alpha": 1.0}, "name": "sskt"},
+        "data": {"root": "/x", "seed": 0},
+    }
+    now = {
+        "out": "b",
+        "threads": 2,
+        "method": {"sskt": {"alpha": 0.5}, "name": "sskt"},
+        "data": {"root": "/y", "seed": 0},
+    }
+    assert config_changes(stored, now) == ["method.sskt.alpha: 1.0 -> 0.5"]
     assert config_changes(stored, stored) == []
 
 
@@ -99,3 +109,21 @@ def test_runs_made_before_crop_padding_existed_padded_by_an_eighth_of_the_image(
         _strip_field(cell_dir, "data", "crop_padding")
     with pytest.raises(UserError, match=r"data.crop_padding: 12 -> 4"):
         run_grid(load_grid(_grid(stl, **{"data.name": "stl10"})), tmp_path / "stl_runs", runner=_no_runs)
+
+
+def test_runs_made_when_sskt_fields_were_flat_read_as_the_sskt_block(tmp_path: Path) -> None:
+    """Older runs wrote method.alpha (and temperature, aux_loss, the alpha schedule) flat; the grid that now sets
+    method.sskt.alpha to the same value skips them, and to another value refuses them."""
+    out = tmp_path / "runs"
+    _finish_cells(_grid(tmp_path), out)
+    for cell_dir in out.iterdir():
+        config = yaml.safe_load((cell_dir / "config.yaml").read_text())
+        config["method"].update(config["method"].pop("sskt"))  # the old, flat layout
+        (cell_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert "alpha" in yaml.safe_load((out / "alpha0.5-seed0" / "config.yaml").read_text())["method"]
+    assert sorted(run_grid(load_grid(_grid(tmp_path)), out, runner=_no_runs).skipped) == [
+        "alpha0.5-seed0",
+        "alpha1.0-seed0",
+    ]
+    with pytest.raises(UserError, match=r"method.sskt.temperature: 1.0 -> 3.0"):
+        run_grid(load_grid(_grid(tmp_path, **{"method.sskt.temperature": 3.0})), out, runner=_no_runs)

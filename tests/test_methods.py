@@ -12,7 +12,7 @@ from conftest import fell, learned
 from lightning_fabric import Fabric
 from safetensors.torch import load_file
 
-from sskt.config import MethodConfig, SourceConfig
+from sskt.config import SourceConfig, SSKTConfig
 from sskt.data import build_dataset
 from sskt.data.spec import Batch
 from sskt.engine import train
@@ -25,18 +25,18 @@ SOURCE = "efficientnet_lite0.imagenet"
 
 
 def test_alpha_constant_is_the_papers() -> None:
-    cfg = MethodConfig(alpha=0.7)
+    cfg = SSKTConfig(alpha=0.7)
     assert [alpha_at(cfg, e, 10) for e in range(10)] == [0.7] * 10
 
 
 def test_alpha_warmup_ramps_linearly_then_holds() -> None:
-    cfg = MethodConfig(alpha=2.0, alpha_schedule="warmup", alpha_warmup_epochs=3)
+    cfg = SSKTConfig(alpha=2.0, alpha_schedule="warmup", alpha_warmup_epochs=3)
     values = [alpha_at(cfg, e, 10) for e in range(6)]
     assert values == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0, 2.0])
 
 
 def test_alpha_cosine_decays_to_the_floor() -> None:
-    cfg = MethodConfig(alpha=1.0, alpha_schedule="cosine", alpha_floor=0.2)
+    cfg = SSKTConfig(alpha=1.0, alpha_schedule="cosine", alpha_floor=0.2)
     values = [alpha_at(cfg, e, 5) for e in range(5)]
     assert values[0] == pytest.approx(1.0) and values[-1] == pytest.approx(0.2)
     assert values[2] == pytest.approx(0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi / 2)))
@@ -45,7 +45,7 @@ def test_alpha_cosine_decays_to_the_floor() -> None:
 
 def test_alpha_schedule_names_are_checked() -> None:
     with pytest.raises(UserError, match="'step'.*constant"):
-        alpha_at(MethodConfig(alpha_schedule="step"), 0, 10)
+        alpha_at(SSKTConfig(alpha_schedule="step"), 0, 10)
 
 
 def test_source_keys_are_unique() -> None:

@@ -6,6 +6,17 @@ Every field has a one-line docstring: jsonargparse shows it in ``sskt train --he
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+AuxLoss = Literal["ce", "kd", "kd_legacy", "focal"]
+PrimaryLoss = Literal["ce", "focal", "bce"]
+AlphaSchedule = Literal["constant", "warmup", "cosine"]
+HeadKind = Literal["linear", "tm"]
+BNMode = Literal["eval", "train"]
+Precision = Literal["32-true", "32", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true"]
+Schedule = Literal["multistep", "cosine", "constant"]
+Augment = Literal["default", "none"]
+CacheDtype = Literal["float16", "float32"]
 
 
 @dataclass
@@ -28,7 +39,7 @@ class DataConfig:
     (summary 'best', 'selected_by'); None holds out nothing, and the summary then has no validation-chosen best."""
     val_seed: int = 0
     """Seed choosing the validation split; independent of the run seed, so every method and seed share it."""
-    augment: str = "default"
+    augment: Augment = "default"
     """Augmentation preset: 'default' (the dataset's standard: random crop with padding + flip) or 'none'."""
     crop_padding: int = 4
     """Zero padding in px on every side before the default preset's random crop; 4 is the released code's
@@ -70,7 +81,7 @@ class SourceConfig:
     """Resize the target's image to this square size for the source; None keeps the size (or uses resize_factor)."""
     resize_factor: float | None = None
     """Bilinear resize by this factor (the released code's 7/3 for CIFAR/STL10); used when input_size is None."""
-    bn_mode: str = "eval"
+    bn_mode: BNMode = "eval"
     """BatchNorm mode of the source: 'eval' (running statistics, the default) or 'train' (the released code)."""
     weight: float = 1.0
     """Per-source factor on its auxiliary loss, on top of the method's alpha."""
@@ -80,7 +91,7 @@ class SourceConfig:
 class HeadConfig:
     """Auxiliary heads attached to the target, one per source."""
 
-    kind: str = "linear"
+    kind: HeadKind = "linear"
     """'linear' (on the pooled final feature) or 'tm' (transfer module over stage outputs)."""
     width: int | None = None
     """Transfer-module width W; None uses 64 for CIFAR ResNets and 1000 for ImageNet-style backbones."""
@@ -153,26 +164,34 @@ class MAXLConfig:
 
 
 @dataclass
-class MethodConfig:
-    """The training method and its losses."""
+class SSKTConfig:
+    """SSKT (Hong et al. 2022): the weighted auxiliary losses against the sources' soft labels."""
 
-    name: str = "scratch"
-    """Method; `sskt list methods` shows the choices."""
     alpha: float = 1.0
-    """Weight of the summed auxiliary losses (SSKT)."""
+    """Weight of the summed auxiliary losses."""
     temperature: float = 1.0
-    """Softmax temperature of the auxiliary loss (SSKT)."""
-    aux_loss: str = "ce"
-    """Auxiliary loss: 'ce', 'kd', 'kd_legacy' or 'focal'."""
-    primary_loss: str = "ce"
-    """Primary (label) loss of every method: 'ce' (single-label), 'focal', or 'bce' (multi-label). KD, DML and MAXL
-    take 'ce' or 'focal' (MAXL's paper uses 'focal'; its presets set it)."""
-    alpha_schedule: str = "constant"
+    """Softmax temperature of the auxiliary loss."""
+    aux_loss: AuxLoss = "ce"
+    """Auxiliary loss: 'ce', 'kd', 'kd_legacy' (the released code's elementwise mean) or 'focal'."""
+    alpha_schedule: AlphaSchedule = "constant"
     """Auxiliary-weight schedule: 'constant', 'warmup' (linear ramp) or 'cosine' (decay to alpha_floor)."""
     alpha_warmup_epochs: int = 0
     """Epochs of the linear ramp for alpha_schedule='warmup'."""
     alpha_floor: float = 0.0
     """Fraction of alpha that the cosine schedule ends at."""
+
+
+@dataclass
+class MethodConfig:
+    """The training method and its losses."""
+
+    name: str = "scratch"
+    """Method; `sskt list methods` shows the choices."""
+    primary_loss: PrimaryLoss = "ce"
+    """Primary (label) loss of every method: 'ce' (single-label), 'focal', or 'bce' (multi-label). KD, DML and MAXL
+    take 'ce' or 'focal' (MAXL's paper uses 'focal'; its presets set it)."""
+    sskt: SSKTConfig = field(default_factory=SSKTConfig)
+    """SSKT settings."""
     kd: KDConfig = field(default_factory=KDConfig)
     """KD settings."""
     dml: DMLConfig = field(default_factory=DMLConfig)
@@ -193,7 +212,7 @@ class OptimConfig:
     """L2 weight decay."""
     nesterov: bool = False
     """Nesterov momentum."""
-    schedule: str = "multistep"
+    schedule: Schedule = "multistep"
     """'multistep', 'cosine' or 'constant'."""
     milestones: list[int] = field(default_factory=lambda: [150, 250])
     """Epochs at which 'multistep' multiplies the learning rate by gamma."""
@@ -217,8 +236,9 @@ class CacheConfig:
     """Cache folder; None uses $SSKT_CACHE, then ~/.cache/sskt."""
     topk: int | None = None
     """Store only the top-k logits per view (plus the remaining mass); None keeps all classes. Exact only at
-    method.temperature 1 (the spread-out remaining mass is not the tail's softmax at T != 1), so refused otherwise."""
-    dtype: str = "float16"
+    method.sskt.temperature 1 (the spread-out remaining mass is not the tail's softmax at T != 1): refused
+    otherwise."""
+    dtype: CacheDtype = "float16"
     """Stored logit precision: 'float16' (half the disk and memory) or 'float32' (bit-exact fp32 logits)."""
 
 
@@ -256,7 +276,7 @@ class TrainConfig:
     """Nodes."""
     strategy: str = "auto"
     """Fabric strategy ('auto', 'ddp')."""
-    precision: str = "32-true"
+    precision: Precision = "32-true"
     """Fabric precision ('32-true', 'bf16-mixed', '16-mixed')."""
     channels_last: bool = False
     """Use channels-last memory format for target and sources."""

@@ -108,19 +108,28 @@ RETIRED = {("data", "unlabeled_primary")}
 is read, so its run still evaluates, serves as a ``checkpoint:`` source and passes the grid's drift check."""
 
 
+SSKT_FIELDS = ("alpha", "temperature", "aux_loss", "alpha_schedule", "alpha_warmup_epochs", "alpha_floor")
+"""SSKT's fields, which older runs wrote flat under ``method`` and now live in ``method.sskt``."""
+
 NATIVE_SIZES = {"stl10": 96}
 """Image side of the datasets whose default crop padding changed (the rest ran at 32 px: 4 px then and now)."""
 
 
 def drop_retired(data: dict) -> dict:
-    """An older run's config in today's terms (a copy): ``RETIRED`` fields dropped, and fields added since then
-    whose default is not what that run did set to what it did. ``data.crop_padding`` is the one such field: runs
+    """An older run's config in today's terms (a copy): ``RETIRED`` fields dropped, SSKT's flat ``method`` fields
+    moved into ``method.sskt``, and fields added since then whose default is not what that run did set to what it
+    did. ``data.crop_padding`` is the one such field: runs
     made before it padded by ``image_size // 8`` (12 px for STL10's 96 px images), so the grid's drift check and
     the report's grouping see that, not today's 4."""
     data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
     for block, name in RETIRED:
         if isinstance(data.get(block), dict):
             data[block].pop(name, None)
+    method = data.get("method")
+    if isinstance(method, dict):
+        moved = {k: method.pop(k) for k in SSKT_FIELDS if k in method}
+        if moved:
+            method["sskt"] = {**moved, **(method.get("sskt") or {})}
     block = data.get("data")
     if isinstance(block, dict) and "crop_padding" not in block:
         name = block.get("name")

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import get_args
 
 import torch
 from torch import nn
 
-from sskt.config import OptimConfig
+from sskt.config import OptimConfig, Schedule
 from sskt.errors import check_choice
 
-SCHEDULES = ("multistep", "cosine", "constant")
+SCHEDULES = get_args(Schedule)
 
 
 def build_sgd(params: Iterable[nn.Parameter], cfg: OptimConfig, lr: float | None = None) -> torch.optim.SGD:

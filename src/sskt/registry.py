@@ -68,6 +68,11 @@ class Registry(Generic[T]):
         suffixed = sorted(f"{label}{s}" for s, (label, _) in self._suffixes.items())
         return sorted(self._factories) + sorted(f"{p}<name>" for p in self._prefixes) + suffixed
 
+    def require(self, name: str, what: str | None = None) -> None:
+        """Raise the one-line "unknown <what> ...; valid choices: ..." error unless ``name`` is served here."""
+        if name not in self:
+            raise choice_error(what or self.kind, name, self.list())
+
     def get(self, name: str) -> Callable[..., T]:
         """The factory for ``name``; unknown names raise a one-line error listing the valid ones."""
         if name in self._factories:

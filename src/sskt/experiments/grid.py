@@ -8,8 +8,8 @@ A grid file (YAML, read with ``yaml.safe_load``; nothing executes)::
     axes:                       # the cartesian product of these lists; order fixes the directory names
       model.name: [resnet20, resnet32]
       variant:                  # a value may be a mapping of coupled overrides; 'label' names it in the
-        - {label: tm_ce, head.kind: tm, method.aux_loss: ce}      # directory, 'config' adds preset files
-        - {label: linear_kd, head.kind: linear, method.aux_loss: kd_legacy}
+        - {label: tm_ce, head.kind: tm, method.sskt.aux_loss: ce}      # directory, 'config' adds preset files
+        - {label: linear_kd, head.kind: linear, method.sskt.aux_loss: kd_legacy}
     seeds: [0, 1, 2]
     out: runs/paper/cifar10     # root of the cell directories (``--out`` overrides it)
 

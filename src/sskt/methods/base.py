@@ -78,12 +78,18 @@ class Method:
     """Class count of each auxiliary head of the target, by source name ({} without auxiliary heads)."""
 
     def __init__(self, ctx: MethodContext) -> None:
+        type(self).check(ctx.cfg)  # also when built without check_config (the Python API, tests)
         self.ctx = ctx
         self.cfg = ctx.cfg
         self.epoch = 0
         self.fabric: Fabric | None = None
         self.networks: dict[str, Network] = {}
         self.aux_classes = {}
+
+    @classmethod
+    def check(cls, cfg: TrainConfig) -> None:
+        """Raise a one-line UserError for a setting this method reads that cannot work, before any work starts
+        (the registry runs it from ``check_config``); the base checks nothing."""
 
     # --- the networks a method trains --------------------------------------------------------------------------
     def declare(self, name: str, build: Callable[[], nn.Module], optim: OptimConfig | None = None) -> nn.Module:

@@ -18,13 +18,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from sskt.config import HeadConfig, ModelConfig
+from sskt.config import HeadConfig, ModelConfig, TrainConfig
 from sskt.data.spec import Batch
 from sskt.errors import UserError
 from sskt.losses.mutual import dml_loss
 from sskt.methods import METHODS
 from sskt.methods.base import Method, MethodContext, StepOutput, single_label_primary
-from sskt.models import build_target
+from sskt.models import MODELS, build_target
 from sskt.models.base import TargetOutput
 
 if TYPE_CHECKING:
@@ -46,6 +46,12 @@ def forward_keep_stats(net: nn.Module, images: Tensor) -> Tensor:
 @METHODS.register("dml")
 class DML(Method):
     """Deep mutual learning between the target and ``method.dml.peers``; every peer's accuracy is recorded."""
+
+    @classmethod
+    def check(cls, cfg: TrainConfig) -> None:
+        """Every peer names a registered model."""
+        for peer in cfg.method.dml.peers:
+            MODELS.require(peer, "model (method.dml.peers)")
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)

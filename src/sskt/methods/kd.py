@@ -18,13 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sskt import losses
-from sskt.config import SourceConfig
+from sskt.config import SourceConfig, TrainConfig
 from sskt.data.spec import Batch
 from sskt.errors import UserError
 from sskt.methods import METHODS
 from sskt.methods.base import MethodContext, SingleNetMethod, single_label_primary
 from sskt.models import build_target
-from sskt.sources import SourceBank, build_source
+from sskt.sources import SOURCES, SourceBank, build_source
 
 
 def kd_objective(
@@ -51,14 +51,19 @@ def kd_objective(
 class KD(SingleNetMethod):
     """The target distilled from a frozen teacher run (``method.kd.teacher: checkpoint:<run dir>``)."""
 
+    @classmethod
+    def check(cls, cfg: TrainConfig) -> None:
+        """A teacher is given and names a source (normally ``checkpoint:<teacher run dir>``)."""
+        if cfg.method.kd.teacher is None:
+            raise UserError("method 'kd' needs method.kd.teacher, e.g. checkpoint:runs/teacher (a trained run)")
+        SOURCES.require(cfg.method.kd.teacher, "source (method.kd.teacher)")
+
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
         kd = self.cfg.method.kd
         if ctx.spec.task != "single_label":
             raise UserError(f"method 'kd' needs a single-label dataset; {ctx.spec.name!r} is {ctx.spec.task!r}")
         self.primary = single_label_primary("kd", self.cfg.method.primary_loss)
-        if not kd.teacher:
-            raise UserError("method 'kd' needs a teacher; set method.kd.teacher: checkpoint:<teacher run dir>")
         teacher_cfg = SourceConfig(name=kd.teacher, input_size=kd.teacher_input_size)
         self.teacher = build_source(teacher_cfg, ctx.spec.mean, ctx.spec.std)
         if self.teacher.num_classes != ctx.spec.num_classes:

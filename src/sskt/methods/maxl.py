@@ -34,13 +34,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from sskt.config import HeadConfig, ModelConfig
+from sskt.config import HeadConfig, ModelConfig, TrainConfig
 from sskt.data.spec import Batch
 from sskt.errors import UserError
 from sskt.losses.maxl import focal_to_probs, label_entropy_penalty, masked_softmax
 from sskt.methods import METHODS
 from sskt.methods.base import Method, MethodContext, StepOutput, single_label_primary
-from sskt.models import build_target
+from sskt.models import MODELS, build_target
 from sskt.models.base import TargetOutput
 
 if TYPE_CHECKING:
@@ -147,6 +147,12 @@ def meta_gradient(
 @METHODS.register("maxl")
 class MAXL(Method):
     """Meta auxiliary learning: the target with a generated-label auxiliary head, and a meta-learned generator."""
+
+    @classmethod
+    def check(cls, cfg: TrainConfig) -> None:
+        """The generator, when given, names a registered model."""
+        if cfg.method.maxl.generator is not None:
+            MODELS.require(cfg.method.maxl.generator, "model (method.maxl.generator)")
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)

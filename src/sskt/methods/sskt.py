@@ -15,10 +15,11 @@ never touch the loss or any statistic.
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 from torch import Tensor
 
-from sskt.config import MethodConfig, SourceConfig
+from sskt.config import AlphaSchedule, AuxLoss, SourceConfig, SSKTConfig, TrainConfig
 from sskt.data.spec import Batch
 from sskt.errors import UserError, check_choice
 from sskt.losses import aux_loss, primary_loss
@@ -27,16 +28,16 @@ from sskt.methods.base import MethodContext, SingleNetMethod
 from sskt.models import build_target
 from sskt.sources import SourceBank, build_source
 
-ALPHA_SCHEDULES = ("constant", "warmup", "cosine")
+ALPHA_SCHEDULES = get_args(AlphaSchedule)
 
 
-def alpha_at(cfg: MethodConfig, epoch: int, epochs: int) -> float:
+def alpha_at(cfg: SSKTConfig, epoch: int, epochs: int) -> float:
     """The auxiliary weight during ``epoch`` (0-based) of ``epochs``.
 
     'constant': ``alpha`` (the paper). 'warmup': linear ramp reaching ``alpha`` at epoch ``alpha_warmup_epochs``.
     'cosine': half-cosine decay from ``alpha`` at the first epoch to ``alpha_floor * alpha`` at the last.
     """
-    check_choice("method.alpha_schedule", cfg.alpha_schedule, ALPHA_SCHEDULES)
+    check_choice("method.sskt.alpha_schedule", cfg.alpha_schedule, ALPHA_SCHEDULES)
     if cfg.alpha_schedule == "warmup":
         return cfg.alpha * min(1.0, (epoch + 1) / (cfg.alpha_warmup_epochs + 1))
     if cfg.alpha_schedule == "cosine":
@@ -55,17 +56,23 @@ def source_keys(sources: list[SourceConfig]) -> list[str]:
 class SSKT(SingleNetMethod):
     """The target with one auxiliary head per source, trained on the primary loss plus the weighted aux losses."""
 
+    @classmethod
+    def check(cls, cfg: TrainConfig) -> None:
+        """At least one source, a known auxiliary loss and alpha schedule."""
+        if not cfg.sources:
+            raise UserError("method 'sskt' needs at least one source; set sources: [{name: <source>}] in the config")
+        check_choice("method.sskt.aux_loss", cfg.method.sskt.aux_loss, get_args(AuxLoss))
+        check_choice("method.sskt.alpha_schedule", cfg.method.sskt.alpha_schedule, ALPHA_SCHEDULES)
+
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
-        if not self.cfg.sources:
-            raise UserError("method 'sskt' needs at least one source; set sources: [{name: <source>}] in the config")
         self.keys = source_keys(self.cfg.sources)
         self.weights = {k: s.weight for k, s in zip(self.keys, self.cfg.sources, strict=True)}
         spec = ctx.spec
         built = {k: build_source(s, spec.mean, spec.std) for k, s in zip(self.keys, self.cfg.sources, strict=True)}
         self.bank = SourceBank(built, chunk=self.cfg.source_chunk)
         self.primary = primary_loss(self.cfg.method.primary_loss)
-        self.aux = aux_loss(self.cfg.method.aux_loss)
+        self.aux = aux_loss(self.cfg.method.sskt.aux_loss)
         self.aux_classes = {k: src.num_classes for k, src in built.items()}
         # Declared (and so seeded) like scratch's target: the backbone starts from the same weights.
         self.declare("target", lambda: build_target(self.cfg.model, spec.num_classes, self.aux_classes, self.cfg.head))
@@ -88,10 +95,10 @@ class SSKT(SingleNetMethod):
         n = batch.num_labeled
         logits = out.logits[:n]
         primary = self.primary(logits, batch.labels)
-        alpha = alpha_at(self.cfg.method, self.epoch, self.cfg.epochs)
+        alpha = alpha_at(self.cfg.method.sskt, self.epoch, self.cfg.epochs)
         loss, logs = primary, {"primary_loss": primary.detach()}
         for key in self.keys:
-            aux = self.aux(out.aux_logits[key], targets[key].float(), self.cfg.method.temperature)
+            aux = self.aux(out.aux_logits[key], targets[key].float(), self.cfg.method.sskt.temperature)
             logs[f"aux_{key}"] = aux.detach()
             loss = loss + alpha * self.weights[key] * aux
         return loss, logits, logs

@@ -6,13 +6,15 @@ average-pooled last stage, and returns logits ``[B, num_classes]``.
 
 from __future__ import annotations
 
+from typing import get_args
+
 from torch import Tensor, nn
 
-from sskt.config import HeadConfig
+from sskt.config import HeadConfig, HeadKind
 from sskt.errors import UserError, check_choice
 from sskt.models.base import StageInfo
 
-HEAD_KINDS = ("linear", "tm")
+HEAD_KINDS = get_args(HeadKind)
 # Transfer-module width W by backbone family (Hong et al. 2022: 64 for CIFAR ResNets, 1000 for ImageNet-style).
 DEFAULT_TM_WIDTH = {"cifar": 64, "imagenet": 1000}
 

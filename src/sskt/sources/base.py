@@ -11,16 +11,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sskt.config import SourceConfig
+from sskt.config import BNMode, SourceConfig
 from sskt.errors import UserError, check_choice
 from sskt.registry import Registry
 
-BN_MODES = ("eval", "train")
+BN_MODES = get_args(BNMode)
 RESIZE_MODE = "bilinear(align_corners=False, antialias when shrinking)"
 
 Stats = tuple[float, float, float]

@@ -75,8 +75,8 @@ def check_cache_config(cfg: CacheConfig, temperature: float = 1.0) -> None:
         # expand_topk spreads the remaining mass evenly; softmax(z / T) of that is not the tail's at T != 1
         # (relative error 0.26 at T = 3 on a 1000-class source).
         raise UserError(
-            f"cache.topk={cfg.topk} is exact only at method.temperature 1, got {temperature}; "
-            "set cache.topk null or method.temperature 1"
+            f"cache.topk={cfg.topk} is exact only at method.sskt.temperature 1, got {temperature}; "
+            "set cache.topk null or method.sskt.temperature 1"
         )
     check_choice("cache.dtype", cfg.dtype, DTYPES)
 

@@ -280,7 +280,7 @@ def build_cache(
 def plan_for(cfg: TrainConfig, spec: DatasetSpec, stream: TrainStream, sources: dict[str, Source]) -> Plan:
     """The build plan of a run's cache (its key, folder, pools)."""
     dtype = cfg.cache.dtype
-    check_cache_config(cfg.cache, cfg.method.temperature)
+    check_cache_config(cfg.cache, cfg.method.sskt.temperature)
     check_sources(sources)
     key = cache_key(cfg, spec, stream, sources)
     return Plan(cache_path(cfg.cache, key), key, stream_pools(stream), sources, stream.normalize,
