@@ -100,7 +100,7 @@ def build_time(cfg: TrainConfig) -> tuple[float, float]:
     """Seconds to build the run's cache (sources loaded beforehand, not counted) and its size in MB."""
     from sskt.data import TrainStream, build_dataset
     from sskt.engine.soft_cache import run_sources
-    from sskt.sources.cache_build import open_cache
+    from sskt.sources.cache import open_cache
 
     spec = build_dataset(cfg.data)
     stream = TrainStream(spec, cfg)

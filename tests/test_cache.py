@@ -16,8 +16,7 @@ from sskt.config import TrainConfig
 from sskt.data import DatasetSpec, TensorImageSet, TrainStream
 from sskt.errors import UserError
 from sskt.sources import SOURCES, Pretrained, Source
-from sskt.sources.cache import SoftLabelCache, expand_topk
-from sskt.sources.cache_build import build_cache, cache_key, open_cache, plan_for
+from sskt.sources.cache import SoftLabelCache, build_cache, cache_key, expand_topk, open_cache, plan_for
 
 TINY = "tinycache"
 

@@ -10,7 +10,7 @@ from sskt.data.spec import DatasetSpec
 from sskt.errors import UserError
 from sskt.methods.sskt import source_keys
 from sskt.sources import build_source
-from sskt.sources.cache_build import open_cache
+from sskt.sources.cache import open_cache
 
 
 def run_sources(cfg: TrainConfig, spec: DatasetSpec, device: torch.device | str = "cpu") -> dict:

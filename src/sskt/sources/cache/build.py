@@ -16,8 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,123 +24,17 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
-from sskt.config import TrainConfig
-from sskt.data.augment import Augment, Normalize
-from sskt.data.spec import DatasetSpec, ImageSet
-from sskt.data.stream import TrainStream, epoch_generator, read_batches
-from sskt.errors import UserError
-from sskt.sources.base import Source, SourceBank
-from sskt.sources.cache import (
-    DTYPES,
-    FORMAT,
-    HEADER,
-    SoftLabelCache,
-    cache_path,
-    check_cache_config,
-    describe_key_change,
-    indices_digest,
-    key_digest,
-    read_header,
-    read_json,
-    stored_topk,
-    write_json_atomic,
-)
+from sskt.data.stream import epoch_generator, read_batches
+from sskt.sources.base import SourceBank
+from sskt.sources.cache.key import Plan, PoolPlan, check_sources, key_digest
+from sskt.sources.cache.store import DTYPES, HEADER, read_header, read_json, stored_topk, write_json_atomic
 
 PROGRESS = "progress.json"
+
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
 ChunkHook = Callable[[int, int], None]
 """Called as ``hook(images_done, images_total)`` after each saved chunk (tests raise from it to kill a build)."""
-
-
-@dataclass
-class PoolPlan:
-    """One index space to cache: its split, the sorted member indices and the augmentation drawing its views."""
-
-    name: str
-    split: ImageSet
-    indices: Tensor
-    augment: Augment
-
-
-def _augment_desc(augment: Augment) -> list[dict]:
-    return [
-        {"op": type(op).__name__, **{k: v for k, v in vars(op).items() if not k.startswith("_")}} for op in augment.ops
-    ]
-
-
-def stream_pools(stream: TrainStream) -> list[PoolPlan]:
-    """The stream's pools grouped by index space ('rest' shares 'train' with the labelled subset)."""
-    pools = [stream.labeled] + ([stream.unlabeled] if stream.unlabeled is not None else [])
-    plans: dict[str, PoolPlan] = {}
-    for pool in pools:
-        if pool.name in plans:
-            merged = torch.cat([plans[pool.name].indices, pool.indices]).unique(sorted=True)
-            plans[pool.name].indices = merged
-        else:
-            plans[pool.name] = PoolPlan(pool.name, pool.split, pool.indices.unique(sorted=True), pool.augment)
-    return list(plans.values())
-
-
-def content_identity(split: ImageSet) -> dict:
-    """What the cached logits of ``split`` depend on besides the indices: the split's own content digest (a folder's
-    resolved root and every file's relative path, size and mtime; an in-memory split's bytes), so two folders with
-    one layout, or a changed file, never share a cache."""
-    digest = getattr(split, "content_digest", None)
-    return {} if digest is None else digest()
-
-
-def cache_key(cfg: TrainConfig, spec: DatasetSpec, stream: TrainStream, sources: Mapping[str, Source]) -> dict:
-    """Everything that made the cached logits, as JSON-able data."""
-    data = cfg.data
-    pools = {
-        p.name: {"count": len(p.indices), "indices_sha256": indices_digest(p.indices), "split_size": len(p.split)}
-        | content_identity(p.split)
-        for p in stream_pools(stream)
-    }
-    unlabeled = stream.unlabeled
-    return {
-        "format": FORMAT,
-        "sources": [{"key": k, **s.fingerprint()} for k, s in sources.items()],
-        "dataset": {"name": spec.name, "split": "train", "size": len(spec.train), "image_size": spec.image_size},
-        "target_norm": {"mean": list(spec.mean), "std": list(spec.std)},
-        "labeled": {
-            "labels_per_class": data.labels_per_class,
-            "subset_seed": cfg.seed if data.subset_seed is None else data.subset_seed,
-            "indices_sha256": indices_digest(stream.labeled_indices),
-        },
-        "unlabeled": None if unlabeled is None else data.unlabeled,
-        "pools": pools,
-        "augment": {"preset": data.augment, "ops": _augment_desc(stream.augment)},
-        "views": cfg.cache.views,
-        "topk": cfg.cache.topk,
-        "dtype": cfg.cache.dtype,
-        "compute": "float32",
-    }
-
-
-def check_sources(sources: Mapping[str, Source]) -> None:
-    """Refuse sources whose logits depend on the batch (see the module docstring)."""
-    for key, src in sources.items():
-        if src.bn_mode != "eval":
-            raise UserError(
-                f"source {key!r} has bn_mode={src.bn_mode!r}: its logits depend on the batch, so they cannot be "
-                "cached; use bn_mode 'eval' or cache.enabled false"
-            )
-
-
-@dataclass
-class Plan:
-    """A full build description: where, what key, which pools and sources, and how to store."""
-
-    path: Path
-    key: dict
-    pools: list[PoolPlan]
-    sources: dict[str, Source]
-    normalize: Normalize
-    views: int
-    topk: int | None
-    dtype: str = "float16"
-    source_chunk: int | None = None
 
 
 def _header(plan: Plan, complete: bool) -> dict:
@@ -275,45 +168,3 @@ def build_cache(
     shutil.rmtree(plan.path, ignore_errors=True)  # a stale folder with the same digest prefix
     os.replace(partial, plan.path)
     return plan.path
-
-
-def plan_for(cfg: TrainConfig, spec: DatasetSpec, stream: TrainStream, sources: dict[str, Source]) -> Plan:
-    """The build plan of a run's cache (its key, folder, pools)."""
-    dtype = cfg.cache.dtype
-    check_cache_config(cfg.cache, cfg.method.sskt.temperature)
-    check_sources(sources)
-    key = cache_key(cfg, spec, stream, sources)
-    return Plan(cache_path(cfg.cache, key), key, stream_pools(stream), sources, stream.normalize,
-                cfg.cache.views, cfg.cache.topk, dtype, cfg.source_chunk)  # fmt: skip
-
-
-def open_cache(
-    cfg: TrainConfig,
-    spec: DatasetSpec,
-    stream: TrainStream,
-    sources: dict[str, Source],
-    *,
-    build: bool | None = None,
-    on_chunk: ChunkHook | None = None,
-    show_progress: bool = True,
-) -> SoftLabelCache:
-    """The run's cache, opened; built first when missing and ``build`` (default ``cfg.cache.build``) allows,
-    else a UserError naming what differs from the nearest existing cache."""
-    plan = plan_for(cfg, spec, stream, sources)
-    header = read_header(plan.path)
-    if not (header and header.get("complete") and header["key"] == plan.key):
-        if not (cfg.cache.build if build is None else build):
-            raise UserError(f"no soft-label cache for this run at {str(plan.path)!r} ({_nearest(plan)}); run "
-                            "'sskt cache build --config ...' or set cache.build true")  # fmt: skip
-        build_cache(plan, on_chunk=on_chunk, show_progress=show_progress)
-    return SoftLabelCache(plan.path)
-
-
-def _nearest(plan: Plan) -> str:
-    """What differs between ``plan``'s key and the caches of the same dataset already on disk."""
-    diffs = []
-    for folder in sorted(plan.path.parent.glob(f"{plan.key['dataset']['name']}-*")):
-        header = read_header(folder)
-        if header and header.get("complete"):
-            diffs.append(f"{folder.name} differs in {describe_key_change(header['key'], plan.key)}")
-    return "; ".join(diffs[:3]) or "none built yet"

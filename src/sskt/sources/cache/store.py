@@ -1,6 +1,4 @@
-"""The exact soft-label cache (in the spirit of FKD, Shen and Xing, "A Fast Knowledge Distillation Framework for
-Visual Recognition", ECCV 2022): per training image, K augmented views, each stored as its exact augmentation
-parameters plus every source's logits for that view.
+"""The stored layout of a soft-label cache and its reader.
 
 Training replays stored views (``SoftLabelCache.lookup`` picks one of the K per sample), so the target sees exactly
 the image the source saw; a soft label is never keyed by sample index alone. The folder name holds a digest of the
@@ -20,7 +18,6 @@ works; pools are index spaces such as 'train' or 'stl10:unlabeled', sources are 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -30,55 +27,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sskt.config import CacheConfig
-from sskt.errors import UserError, check_choice
+from sskt.errors import UserError
 
 FORMAT = 1
 """Bumped whenever the stored layout or the meaning of a stored number changes."""
+
 DTYPES = {"float16": np.float16, "float32": np.float32}
+
 HEADER = "cache.json"
-
-
-def canonical_json(obj: object) -> str:
-    """Key order and spacing fixed, so equal keys give equal digests."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-
-
-def key_digest(key: dict) -> str:
-    """sha256 (hex) of the canonical JSON of ``key``."""
-    return hashlib.sha256(canonical_json(key).encode()).hexdigest()
-
-
-def indices_digest(indices: Tensor) -> str:
-    """sha256 (hex) of int64 indices, for the labelled subset and the unlabelled pool in the key."""
-    return hashlib.sha256(indices.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()
-
-
-def cache_root(cfg: CacheConfig) -> Path:
-    """``cache.dir``, else $SSKT_CACHE, else ~/.cache/sskt."""
-    root = cfg.dir or os.environ.get("SSKT_CACHE") or Path.home() / ".cache" / "sskt"
-    return Path(root).expanduser()
-
-
-def cache_path(cfg: CacheConfig, key: dict) -> Path:
-    """The folder of the cache for ``key``: ``<root>/<dataset>-<first 16 hex of the key digest>``."""
-    return cache_root(cfg) / f"{key['dataset']['name']}-{key_digest(key)[:16]}"
-
-
-def check_cache_config(cfg: CacheConfig, temperature: float = 1.0) -> None:
-    """Raise a one-line UserError on K < 1, top-k < 1, an unknown dtype, or top-k at a temperature other than 1."""
-    if cfg.views < 1:
-        raise UserError(f"cache.views must be at least 1, got {cfg.views}")
-    if cfg.topk is not None and cfg.topk < 1:
-        raise UserError(f"cache.topk must be at least 1 or null, got {cfg.topk}")
-    if cfg.topk is not None and temperature != 1:
-        # expand_topk spreads the remaining mass evenly; softmax(z / T) of that is not the tail's at T != 1
-        # (relative error 0.26 at T = 3 on a 1000-class source).
-        raise UserError(
-            f"cache.topk={cfg.topk} is exact only at method.sskt.temperature 1, got {temperature}; "
-            "set cache.topk null or method.sskt.temperature 1"
-        )
-    check_choice("cache.dtype", cfg.dtype, DTYPES)
 
 
 def stored_topk(topk: int | None, num_classes: int) -> int | None:

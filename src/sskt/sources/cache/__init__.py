@@ -1,0 +1,64 @@
+"""The exact soft-label cache (in the spirit of FKD, Shen and Xing, "A Fast Knowledge Distillation Framework for
+Visual Recognition", ECCV 2022): per training image, K augmented views, each stored as its exact augmentation
+parameters plus every source's logits for that view. Training replays stored views, so the target sees exactly the
+image the source saw; a soft label is never keyed by sample index alone.
+
+One entry point, read top-down: ``open_cache(cfg, spec, stream, sources)`` makes the run's plan (``key.plan_for``:
+the key, its folder, the pools), opens the complete cache in that folder (``store.SoftLabelCache``), or builds it
+first when missing and allowed (``build.build_cache``: atomic, resumable, chunked).
+"""
+
+from __future__ import annotations
+
+from sskt.config import TrainConfig
+from sskt.data.spec import DatasetSpec
+from sskt.data.stream import TrainStream
+from sskt.errors import UserError
+from sskt.sources.base import Source
+from sskt.sources.cache.build import ChunkHook, build_cache
+from sskt.sources.cache.key import Plan, cache_key, check_cache_config, plan_for
+from sskt.sources.cache.store import SoftLabelCache, describe_key_change, expand_topk, read_header
+
+
+def open_cache(
+    cfg: TrainConfig,
+    spec: DatasetSpec,
+    stream: TrainStream,
+    sources: dict[str, Source],
+    *,
+    build: bool | None = None,
+    on_chunk: ChunkHook | None = None,
+    show_progress: bool = True,
+) -> SoftLabelCache:
+    """The run's cache, opened; built first when missing and ``build`` (default ``cfg.cache.build``) allows,
+    else a UserError naming what differs from the nearest existing cache."""
+    plan = plan_for(cfg, spec, stream, sources)
+    header = read_header(plan.path)
+    if not (header and header.get("complete") and header["key"] == plan.key):
+        if not (cfg.cache.build if build is None else build):
+            raise UserError(f"no soft-label cache for this run at {str(plan.path)!r} ({_nearest(plan)}); run "
+                            "'sskt cache build --config ...' or set cache.build true")  # fmt: skip
+        build_cache(plan, on_chunk=on_chunk, show_progress=show_progress)
+    return SoftLabelCache(plan.path)
+
+
+def _nearest(plan: Plan) -> str:
+    """What differs between ``plan``'s key and the caches of the same dataset already on disk."""
+    diffs = []
+    for folder in sorted(plan.path.parent.glob(f"{plan.key['dataset']['name']}-*")):
+        header = read_header(folder)
+        if header and header.get("complete"):
+            diffs.append(f"{folder.name} differs in {describe_key_change(header['key'], plan.key)}")
+    return "; ".join(diffs[:3]) or "none built yet"
+
+
+__all__ = [
+    "Plan",
+    "SoftLabelCache",
+    "build_cache",
+    "cache_key",
+    "check_cache_config",
+    "expand_topk",
+    "open_cache",
+    "plan_for",
+]
