@@ -50,14 +50,10 @@ def train(cfg: TrainConfig) -> dict:
         run.prepare(cfg)
     spec, stream, method = build_parts(cfg, fabric)
     splits = eval_splits(spec, stream.val_indices, cfg.data.eval_batch_size, fabric.device, cfg.data.num_workers)
-    # Validation chooses the best epoch; the test split only reports (its own best is kept as a labelled oracle).
-    selectors = {"best": headline_metric(spec.task, "val")} if "val" in splits else {}
-    selectors["oracle"] = headline_metric(spec.task, "test")
+    selectors = epoch_selectors(spec.task, splits)
 
     # Resume: weights, optimizers, schedules, RNG states, best-so-far; the stream replays from (seed, epoch).
-    state = fresh_state()
-    if cfg.resume and run.checkpoint.exists():
-        state = restore(run, method)
+    state = restore(run, method) if cfg.resume and run.checkpoint.exists() else fresh_state()
     if fabric.is_global_zero:
         run.truncate_records(state["epoch"])
     prior_seconds = state["wall_seconds"]
@@ -88,6 +84,13 @@ def train(cfg: TrainConfig) -> dict:
     if not metrics:
         metrics = evaluate_splits(method.evaluated(), splits, spec.task, spec.num_classes, fabric.device)
     return finish(cfg, run, fabric, method, state, metrics, selectors)
+
+
+def epoch_selectors(task: str, splits: dict) -> dict[str, str]:
+    """Which metric picks which kept epoch: validation chooses the best epoch (only with a validation split); the
+    test headline only picks the labelled oracle."""
+    selectors = {"best": headline_metric(task, "val")} if "val" in splits else {}
+    return selectors | {"oracle": headline_metric(task, "test")}
 
 
 def fresh_state() -> dict:
