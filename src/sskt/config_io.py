@@ -18,6 +18,7 @@ import yaml
 
 from sskt.config import TrainConfig
 from sskt.errors import UserError
+from sskt.files import write_text_atomic
 
 if TYPE_CHECKING:
     from jsonargparse import ArgumentParser
@@ -37,6 +38,26 @@ def flatten(value: Mapping[str, Any], prefix: str = "", lists: bool = False) -> 
         else:
             flat[dotted] = item
     return flat
+
+
+# Keys that change where or how fast a run goes, not what it computes: runs differing only in these (and the seed)
+# are replicates of one setting.
+NON_SETTING_KEYS = frozenset(
+    {"seed", "out", "resume", "progress", "threads", "data.root", "data.download", "data.num_workers"}
+    | {"data.eval_batch_size", "cache.dir", "cache.build"}
+)
+
+
+IGNORED = NON_SETTING_KEYS - {"seed"}
+"""Fields that say where a run lives or how fast it goes, not what it computes (the report's list, but a cell's
+seed is part of what it computes)."""
+
+
+def config_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``"key: old -> new"`` for every dotted field (outside ``IGNORED``) whose value differs."""
+    old, new = flatten(stored), flatten(current)
+    keys = sorted(k for k in set(old) | set(new) if k not in IGNORED and old.get(k) != new.get(k))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys]
 
 
 def train_parser() -> ArgumentParser:
@@ -100,7 +121,7 @@ def config_from_dict(cls: type, data: dict) -> Any:
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write the fully resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 RETIRED = {("data", "unlabeled_primary")}

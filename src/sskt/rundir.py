@@ -6,21 +6,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
+import os
+import socket
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
 
 from sskt.config import TrainConfig
-from sskt.config_io import drop_retired, load_config, save_config
+from sskt.config_io import config_changes, config_to_dict, drop_retired, load_config, save_config
 from sskt.errors import UserError
+from sskt.files import write_text_atomic
 
 RECORDS = "records.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
 CHECKPOINT = "checkpoints/last.pt"
 WEIGHTS = "model.safetensors"
+LOCK = ".train.lock"
 
 
 class RunDir:
@@ -47,40 +55,91 @@ class RunDir:
 
     # --- state ---------------------------------------------------------------------------------------------------
     def is_finished(self) -> bool:
-        """The run wrote its summary."""
-        return self.summary.is_file()
+        """The run wrote a summary that parses (a torn or empty one means it did not finish)."""
+        try:
+            return isinstance(json.loads(self.summary.read_text()), dict)
+        except (OSError, ValueError):
+            return False
 
     def has_progress(self) -> bool:
         """The run trained at least part of an epoch's worth of state: a checkpoint or a non-empty record file."""
         return self.checkpoint.is_file() or (self.records.is_file() and self.records.stat().st_size > 0)
 
     # --- writing (the engine) ------------------------------------------------------------------------------------
-    def prepare(self, cfg: TrainConfig) -> None:
-        """Create the directory and write ``config.yaml``; refuse to clobber an earlier run unless resuming."""
+    def check(self, cfg: TrainConfig) -> None:
+        """Refuse, before anything is written, to clobber an earlier run unless resuming, and to resume with
+        settings that change results (``config.yaml`` is then left byte for byte as it was)."""
         if not cfg.resume and self.records.exists() and self.records.stat().st_size > 0:
             raise UserError(f"run directory {str(self.root)!r} already has records; set --resume true or pick --out")
+        if cfg.resume and self.config.is_file():
+            stored = self.read_config()
+            changes = config_changes(config_to_dict(stored), config_to_dict(cfg))
+            if extends_training(stored, cfg):
+                changes = [c for c in changes if not c.startswith("epochs:")]
+            if changes:
+                more = f" (+{len(changes) - 3} more)" if len(changes) > 3 else ""
+                raise UserError(
+                    f"--resume true on {str(self.root)!r} with other settings than it was trained with: "
+                    f"{'; '.join(changes[:3])}{more}; resume with the stored config.yaml or pick another --out"
+                )
+
+    def prepare(self, cfg: TrainConfig) -> None:
+        """Write ``config.yaml`` (after ``check``, once every other check has passed)."""
+        self.check(cfg)
         self.root.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.config)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold an exclusive lock on the run directory (``.train.lock``, an ``flock`` the kernel drops when the
+        process dies) while the block runs; a second trainer on the same directory is a UserError naming the
+        holder's pid."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(
+                f"run directory {str(self.root)!r} is in use by another trainer ({holder}); wait for it or stop it"
+            ) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"host {socket.gethostname()} pid {os.getpid()}".encode())
+            yield
+        finally:
+            os.close(fd)
 
     def truncate_records(self, epochs_done: int) -> None:
         """Keep only the first ``epochs_done`` records: a run killed after writing a record but before its
         checkpoint must not list that epoch twice once it resumes."""
         kept = [r for r in self.read_records() if r["epoch"] <= epochs_done]
-        self.records.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        write_text_atomic(self.records, "".join(json.dumps(r) + "\n" for r in kept))
 
     def append_record(self, record: dict) -> None:
         with open(self.records, "a") as f:
             f.write(json.dumps(_finite(record)) + "\n")
 
     def write_summary(self, summary: dict) -> None:
-        self.summary.write_text(json.dumps(_finite(summary), indent=2) + "\n")
+        write_text_atomic(self.summary, json.dumps(_finite(summary), indent=2) + "\n")
 
     # --- reading (evaluate, reports, grids, checkpoint sources) --------------------------------------------------
     def read_records(self) -> list[dict]:
         """The per-epoch records, in order ([] before the first epoch)."""
         if not self.records.exists():
             return []
-        return [json.loads(line) for line in self.records.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.records.read_text().splitlines() if line.strip()]
+        records = []
+        for i, line in enumerate(lines):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                if i < len(lines) - 1:
+                    raise UserError(f"{str(self.records)!r} line {i + 1} is not JSON (a damaged run record)") from None
+                # A kill in the middle of the last append: that epoch was not checkpointed, so it reruns.
+                warnings.warn(f"{self.records}: dropped a torn last line (an interrupted write)", stacklevel=2)
+        return records
 
     def read_summary(self) -> dict:
         """``summary.json``, normalised (see ``normalise_summary``)."""
@@ -94,6 +153,14 @@ class RunDir:
         """``config.yaml`` as nested plain data, upgraded like ``read_config`` (for runs whose config may name
         things this version no longer builds)."""
         return drop_retired(yaml.safe_load(self.config.read_text()) or {})
+
+
+def extends_training(stored: TrainConfig, cfg: TrainConfig) -> bool:
+    """More epochs than ``stored`` ran, where nothing ``stored`` trained depends on the number of epochs: the
+    learning-rate and alpha schedules are not cosine (multistep milestones and warm-ups count epochs from the start,
+    so the epochs already trained are what the longer run would have trained)."""
+    cosine = "cosine" in (cfg.optim.schedule, cfg.method.sskt.alpha_schedule)
+    return cfg.epochs >= stored.epochs and not cosine
 
 
 def normalise_summary(summary: dict) -> dict:

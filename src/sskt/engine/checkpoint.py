@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from sskt.errors import UserError
+from sskt.files import write_atomic
 
 
 def save_atomic(state: dict, path: str | Path) -> None:
     """Write ``state`` with ``torch.save`` so that ``path`` always holds either the old or the new checkpoint,
-    never a torn one (a kill mid-write leaves only the temporary file behind)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    # The rename itself is durable only once the directory entry is flushed.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    never a torn one; a failed write leaves no temporary file behind."""
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -40,15 +40,23 @@ def build_fabric(cfg: TrainConfig, run: RunDir) -> Fabric:
 def train(cfg: TrainConfig) -> dict:
     """Train one run into ``cfg.out`` and return its summary (also written to ``summary.json``)."""
     check_config(cfg)
-    started = time.perf_counter()
     run = RunDir(cfg.out)
+    run.check(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    with run.locked():
+        return _train(cfg, run)
+
+
+def _train(cfg: TrainConfig, run: RunDir) -> dict:
+    """``train`` once the run directory is checked and locked: nothing is written there before the data, the
+    networks and the sources have been built."""
+    started = time.perf_counter()
     fabric = build_fabric(cfg, run)
     fabric.launch()
+    spec, stream, method = build_parts(cfg, fabric)
     if fabric.is_global_zero:
         run.prepare(cfg)
-    spec, stream, method = build_parts(cfg, fabric)
     splits = eval_splits(spec, stream.val_indices, cfg.data.eval_batch_size, fabric.device, cfg.data.num_workers)
     selectors = epoch_selectors(spec.task, splits)
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from sskt.errors import UserError
+from sskt.files import write_atomic
 from sskt.methods import Method
 
 
@@ -25,7 +26,8 @@ def save_target_weights(method: Method, path: str | Path) -> None:
     # Clone: safetensors refuses tensors that share storage (tied or viewed parameters).
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in net.state_dict().items()}
     # Class counts of the aux heads let ``evaluate`` rebuild the same Target without building the sources.
-    save_file(tensors, str(path), metadata={"aux_classes": json.dumps(dict(method.aux_classes))})
+    meta = {"aux_classes": json.dumps(dict(method.aux_classes))}
+    write_atomic(path, lambda f: f.write(save(tensors, metadata=meta)))
 
 
 def load_target_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, int]]:

@@ -9,8 +9,10 @@ locked is still the one at the path, so a claimer that opened the old file just 
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -81,8 +83,28 @@ def subprocess_runner(argv: list[str], cell_dir: Path, threads: int) -> int:
     cell_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(cell_dir / "grid.log", "a") as log:
-        cmd = [sys.executable, "-m", "sskt", "train", *argv]
-        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
+        return run_child([sys.executable, "-m", "sskt", "train", *argv], log, env)
+
+
+def run_child(cmd: list[str], log, env: dict[str, str] | None = None) -> int:
+    """Run ``cmd`` to completion, output to ``log``, as a child that dies with this process: a grid killed with
+    ``kill -9`` takes its trainer with it, so the cell's lock never frees while a trainer still writes there."""
+    return subprocess.run(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False, preexec_fn=_die_with_parent
+    ).returncode
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGKILL it when its parent dies (prctl PR_SET_PDEATHSIG); a no-op
+    elsewhere. Then, should the parent already be gone, exit at once."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:
+            os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def threads_per_cell(jobs: int, threads: int | None = None) -> int:

@@ -8,26 +8,13 @@ the config the cell's command resolves to now, and refuses when a field that cha
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from sskt.config import TrainConfig
-from sskt.config_io import config_to_dict, flatten, parse_train_args
+from sskt.config_io import config_changes, config_to_dict, parse_train_args
 from sskt.errors import UserError
-from sskt.experiments.runs import NON_SETTING_KEYS
 from sskt.rundir import RunDir
-
-IGNORED = NON_SETTING_KEYS - {"seed"}
-"""Fields that say where a run lives or how fast it goes, not what it computes (the report's list, but a cell's
-seed is part of what it computes)."""
-
-
-def config_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``"key: old -> new"`` for every dotted field (outside ``IGNORED``) whose value differs."""
-    old, new = flatten(stored), flatten(current)
-    keys = sorted(k for k in set(old) | set(new) if k not in IGNORED and old.get(k) != new.get(k))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys]
 
 
 def cell_changes(argv: list[str], cell_dir: Path) -> list[str]:

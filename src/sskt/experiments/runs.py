@@ -12,16 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from sskt.config import TrainConfig
-from sskt.config_io import flatten
+from sskt.config_io import NON_SETTING_KEYS, flatten
 from sskt.errors import UserError
 from sskt.rundir import CONFIG, SUMMARY, RunDir
-
-# Keys that change where or how fast a run goes, not what it computes: runs differing only in these (and the seed)
-# are replicates of one setting.
-NON_SETTING_KEYS = frozenset(
-    {"seed", "out", "resume", "progress", "threads", "data.root", "data.download", "data.num_workers"}
-    | {"data.eval_batch_size", "cache.dir", "cache.build"}
-)
 
 
 @dataclass

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from sskt.errors import UserError
+from sskt.files import write_text_atomic
 
 FORMAT = 1
 """Bumped whenever the stored layout or the meaning of a stored number changes."""
@@ -44,12 +45,7 @@ def stored_topk(topk: int | None, num_classes: int) -> int | None:
 
 def write_json_atomic(path: Path, obj: object) -> None:
     """Write then rename, so a reader (or a resumed build) never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 def read_json(file: Path) -> dict | None:
