@@ -22,6 +22,14 @@ TEST_SEED = int(os.environ.get("SSKT_TEST_SEED", "0"))
 learning test depends on one seed's luck (or on one CPU's rounding of it)."""
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cache_in_a_temporary_folder(tmp_path_factory: pytest.TempPathFactory):
+    """sskt's default cache folder (image-folder scans, soft labels without cache.dir) is a temporary one here."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SSKT_CACHE", str(tmp_path_factory.mktemp("sskt_cache")))
+        yield
+
+
 def learned(name: str, value: float, threshold: float) -> bool:
     """``value > threshold``, appending ``{test, value, threshold, margin}`` as a JSON line to $SSKT_MARGIN_LOG when it
     is set, so the margins of the learning tests can be read off a run of the suite."""

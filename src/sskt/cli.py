@@ -82,10 +82,17 @@ def report_command(argv: list[str]) -> int:
     return report_main(argv)
 
 
+CACHE_HELP = """usage: sskt cache build --config RUN.yaml [--dotted.override VALUE ...]
+
+Build the exact soft-label cache of a run ahead of training: the run's config (the same presets and overrides as
+`sskt train`) decides the sources, the pools, the K stored views (--cache.views) and where it goes (--cache.dir).
+Prints {"cache": folder, "views": K, "bytes": size}. A killed build continues where it stopped."""
+
+
 def cache_command(argv: list[str]) -> int:
     """``sskt cache build --config run.yaml [overrides]``: build the run's soft-label cache and print its folder."""
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: sskt cache build --config RUN.yaml [--dotted.override VALUE ...]")
+    if not argv or argv[0] in ("-h", "--help") or any(a in ("-h", "--help") for a in argv[1:2]):
+        print(CACHE_HELP)
         return 0 if argv else 2
     check_choice("cache command", argv[0], ("build",))
     cfg = parse_train_args(argv[1:])
@@ -135,6 +142,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"interrupted: {_resume_hint(args)}", file=sys.stderr)
+        return 130
+
+
+def _resume_hint(args: list[str]) -> str:
+    """How to continue an interrupted command: for ``train``, the same command with ``--resume true``."""
+    if args[0] != "train":
+        return "rerun the command (grids and cache builds continue where they stopped)"
+    again = list(args)
+    if "--resume" in again:  # drop the old --resume and its value
+        i = again.index("--resume")
+        del again[i : i + 2]
+    return "the run resumes from its last finished epoch with: sskt " + " ".join([*again, "--resume", "true"])
 
 
 if __name__ == "__main__":

@@ -34,9 +34,8 @@ class DataConfig:
     subset_seed: int | None = None
     """Seed choosing the labelled subset; None uses the run seed, so every method sees the same subset."""
     val_per_class: int | None = None
-    """Hold out N labelled training images per class as a validation split, drawn before the labelled subset and
-    the unlabelled pool (never trained on, never unlabelled, never used for precise BN). It chooses the best epoch
-    (summary 'best', 'selected_by'); None holds out nothing, and the summary then has no validation-chosen best."""
+    """Hold out N labelled training images per class, drawn first and never trained on, to choose the best epoch
+    (summary 'best', 'selected_by'); None holds out nothing, and the summary then has no 'best'."""
     val_seed: int = 0
     """Seed choosing the validation split; independent of the run seed, so every method and seed share it."""
     augment: Augment = "default"
@@ -44,6 +43,9 @@ class DataConfig:
     crop_padding: int = 4
     """Zero padding in px on every side before the default preset's random crop; 4 is the released code's
     RandomCrop(size, padding=4), for STL10's 96 px images too."""
+    skip_bad_images: bool = False
+    """Drop image files that do not decode (a folder is scanned before training), with a warning; False refuses
+    them, naming the first few."""
     image_size: int | None = None
     """Side length images are resized to on load (imagefolder); None keeps the dataset's native size."""
     batch_size: int = 128
@@ -124,13 +126,8 @@ class DMLConfig:
     temperature: float = 1.0
     """Softmax temperature of the mutual KL."""
     alternate: bool = True
-    """Recompute each updated peer's prediction before the next peer's update (the paper's Algorithm 1). False uses
-    every peer's prediction from before the batch's updates. On Fashion-MNIST with 50 labels per class, two ResNet20
-    peers at lr 0.05 diverged with True (target train CE 2.79 -> 4.39 over two epochs) and learned with False
-    (2.54 -> 2.06, scratch 2.32 -> 1.90). The cause, traced step by step by ``benchmarks/dml_order.py``: with the
-    peer matching the target's prediction right after the target's step, both networks lock onto one predicted class
-    within the first ~15 steps and spend the next ~15 getting out; a learning-rate warm-up only delays it. Use False
-    when an epoch has few steps at a high learning rate."""
+    """Recompute each updated peer's prediction before the next peer's update (the paper's Algorithm 1); False uses
+    the predictions from before the batch. Use False with few steps per epoch at a high lr (docs/OPTIONS.md)."""
 
 
 @dataclass
@@ -152,9 +149,8 @@ class MAXLConfig:
     second_order: bool = True
     """Exact second-order meta-gradient; False uses the first-order finite-difference estimate."""
     two_pass: bool = False
-    """Run each epoch as the released code does: a full pass updating the multi-task net on every batch, then a
-    full pass meta-updating the generator (over the same batches). False interleaves both updates on each batch: one
-    read of the data, and the meta step sees the multi-task net as it is now."""
+    """Each epoch as the released code: a pass updating the multi-task net, then a pass meta-updating the generator;
+    False interleaves both updates on each batch (one read of the data)."""
     mask_floor: float = 0.0
     """Value of the generator's class mask outside the true class's slots: 0 is an exact mask; the released code's
     1e-8 leaks up to 1e-8 * exp(logit gap) of the mass there."""
@@ -236,8 +232,7 @@ class CacheConfig:
     """Cache folder; None uses $SSKT_CACHE, then ~/.cache/sskt."""
     topk: int | None = None
     """Store only the top-k logits per view (plus the remaining mass); None keeps all classes. Exact only at
-    method.sskt.temperature 1 (the spread-out remaining mass is not the tail's softmax at T != 1): refused
-    otherwise."""
+    method.sskt.temperature 1, so refused otherwise."""
     dtype: CacheDtype = "float16"
     """Stored logit precision: 'float16' (half the disk and memory) or 'float32' (bit-exact fp32 logits)."""
 

@@ -7,7 +7,9 @@ execute code.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -60,6 +62,22 @@ def config_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -> lis
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys]
 
 
+def _did_you_mean(message: str, parser: ArgumentParser) -> str:
+    """``" (did you mean --epochs?)"`` for the unknown flags an 'unrecognized arguments' message names."""
+    if "unrecognized arguments" not in message:
+        return ""
+    known = [s for s in parser._option_string_actions if s.startswith("--")]
+    close = [m for flag in re.findall(r"--[\w.\-]+", message) for m in difflib.get_close_matches(flag, known, n=2)]
+    return f" (did you mean {' or '.join(dict.fromkeys(close))}?)" if close else ""
+
+
+def _WideHelp(prog: str):  # noqa: N802 (an argparse formatter_class is called like a class)
+    """jsonargparse's help formatter at 120 columns and a 40-column flag field: most fields fit on one line."""
+    from jsonargparse import DefaultHelpFormatter
+
+    return DefaultHelpFormatter(prog, width=120, max_help_position=40)
+
+
 def train_parser() -> ArgumentParser:
     """``sskt train``: every TrainConfig field as a dotted flag, YAML presets via ``--config`` (repeatable)."""
     from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
@@ -69,9 +87,12 @@ def train_parser() -> ArgumentParser:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     parser = ArgumentParser(
         prog="sskt train",
+        usage="sskt train [--config PRESET.yaml ...] [--<field>[.<field>] VALUE ...]   (fields below)",
         description="Train one run. Presets (--config, repeatable, later wins) hold overrides only; any field can "
         "be overridden with a dotted flag such as --data.labels_per_class 100.",
         exit_on_error=False,
+        allow_abbrev=False,  # --epoch must not silently mean --epochs
+        formatter_class=_WideHelp,
     )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML preset with overrides (repeatable).")
     parser.add_class_arguments(TrainConfig)
@@ -85,8 +106,15 @@ def _cached_train_parser() -> ArgumentParser:
 
 
 def parse_train_args(argv: Sequence[str]) -> TrainConfig:
-    """Parse ``sskt train`` arguments (presets first, then dotted overrides) into a TrainConfig."""
-    values = _cached_train_parser().parse_args(list(argv)).as_dict()
+    """Parse ``sskt train`` arguments (presets first, then dotted overrides) into a TrainConfig; an unknown flag is
+    one line that suggests the closest known ones."""
+    from jsonargparse import ArgumentError
+
+    parser = _cached_train_parser()
+    try:
+        values = parser.parse_args(list(argv)).as_dict()
+    except ArgumentError as exc:
+        raise UserError(" ".join(str(exc).split()) + _did_you_mean(str(exc), parser)) from exc
     values.pop("config", None)
     return config_from_dict(TrainConfig, values)
 
@@ -117,6 +145,17 @@ def config_from_dict(cls: type, data: dict) -> Any:
     if unknown:
         raise UserError(f"unknown {cls.__name__} key {unknown[0]!r}; valid keys: {', '.join(names)}")
     return cls(**{k: _build(hints[k], v) for k, v in data.items()})
+
+
+def read_yaml(path: Path) -> Any:
+    """``yaml.safe_load`` of a file; a syntax error or a tag that would build a Python object is one line."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise UserError(f"{str(path)!r}{where} is not plain YAML: {problem}") from exc
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:

@@ -68,7 +68,13 @@ class RunDir:
     # --- writing (the engine) ------------------------------------------------------------------------------------
     def check(self, cfg: TrainConfig) -> None:
         """Refuse, before anything is written, to clobber an earlier run unless resuming, and to resume with
-        settings that change results (``config.yaml`` is then left byte for byte as it was)."""
+        settings that change results (``config.yaml`` is then left byte for byte as it was); a path that is a file
+        or lies in a folder this process cannot write is refused too."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"--out {str(self.root)!r} is a file, not a run directory; pick another --out")
+        existing = next(p for p in (self.root, *self.root.absolute().parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"--out {str(self.root)!r} cannot be written ({str(existing)!r} is read-only)")
         if not cfg.resume and self.records.exists() and self.records.stat().st_size > 0:
             raise UserError(f"run directory {str(self.root)!r} already has records; set --resume true or pick --out")
         if cfg.resume and self.config.is_file():

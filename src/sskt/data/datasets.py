@@ -87,8 +87,12 @@ class SubsetImageSet:
 
 
 def build_dataset(cfg: DataConfig) -> DatasetSpec:
-    """Build the dataset named ``cfg.name``; unknown names raise a UserError listing the registered ones."""
-    return DATASETS.create(cfg.name, cfg=cfg)
+    """Build the dataset named ``cfg.name``; unknown names raise a UserError listing the registered ones, and a
+    dataset of fewer than two classes (nothing to classify) is a UserError too."""
+    spec = DATASETS.create(cfg.name, cfg=cfg)
+    if spec.num_classes < 2:
+        raise UserError(f"dataset {cfg.name!r} has {spec.num_classes} class(es); classification needs at least 2")
+    return spec
 
 
 def stored_shape(split: ImageSet) -> tuple[int, int, int]:

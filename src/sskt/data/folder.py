@@ -6,19 +6,24 @@ split still holds fixed-size uint8 images ``[3, S, S]``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
 from sskt.config import DataConfig
 from sskt.data.datasets import DATASETS, STATS
 from sskt.data.spec import DatasetSpec
 from sskt.errors import UserError
+from sskt.files import write_text_atomic
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 DEFAULT_IMAGE_SIZE = 32
@@ -73,29 +78,108 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def unlabeled_folder(folder: str | Path, size: tuple[int, int]) -> FolderImageSet:
+def unlabeled_folder(folder: str | Path, size: tuple[int, int], skip_bad: bool = False) -> FolderImageSet:
     """Every image under ``folder`` (any depth) as an unlabelled split (labels -1) of ``size`` images."""
     path = Path(folder).expanduser()
-    files = image_files(path) if path.is_dir() else []
+    files, bad = scan_images(image_files(path), path) if path.is_dir() else ([], [])
+    settle_bad_images(bad, skip_bad)
     if not files:
         raise UserError(f"unlabeled image folder {str(path)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     return FolderImageSet(files, torch.full((len(files),), -1, dtype=torch.long), size, path)
 
 
-def class_tree(folder: Path, classes: list[str], size: tuple[int, int]) -> FolderImageSet:
-    """A class-per-folder tree as a labelled split; a class folder not in ``classes`` is a UserError."""
+def class_tree(
+    folder: Path, classes: list[str], size: tuple[int, int], train: bool = False, bad: list[Path] | None = None
+) -> FolderImageSet:
+    """A class-per-folder tree as a labelled split; a class folder not in ``classes`` is a UserError, and so is an
+    empty class folder of the training split (a class that could never be learnt). Every file is decoded once
+    first (``scan_images``); the files that do not decode are left out and appended to ``bad``."""
     subdirs = sorted(d.name for d in folder.iterdir() if d.is_dir())
     for name in subdirs:
         if name not in classes:
             raise UserError(f"class folder {str(folder / name)!r} is not a training class; valid: {', '.join(classes)}")
     files, labels = [], []
     for name in subdirs:
-        found = image_files(folder / name)
+        found, broken = scan_images(image_files(folder / name), folder / name)
+        if bad is not None:
+            bad += broken
+        if train and not found:
+            raise UserError(f"training class folder {str(folder / name)!r} holds no images; add some or remove it")
         files += found
         labels += [classes.index(name)] * len(found)
     if not files:
         raise UserError(f"image folder {str(folder)!r} holds no images in its class folders")
     return FolderImageSet(files, torch.tensor(labels, dtype=torch.long), size, folder)
+
+
+def scan_record(folder: Path) -> Path:
+    """Where the scan of ``folder`` is remembered: ``$SSKT_CACHE`` (else ``~/.cache/sskt``)``/scans/<digest of the
+    folder's resolved path>.json``, ``{relative path: [size, mtime_ns]}`` of the files that decoded, so a later scan
+    opens only new or changed files (the image folder itself is never written)."""
+    root = Path(os.environ.get("SSKT_CACHE") or Path.home() / ".cache" / "sskt").expanduser()
+    return root / "scans" / f"{hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]}.json"
+
+
+def scan_images(files: list[Path], folder: Path) -> tuple[list[Path], list[Path]]:
+    """``(files that decode as images, files that do not)``. Files unchanged since the last scan (same size and
+    mtime) are not opened again; folders of over 2,000 new files show a progress bar."""
+    known = _read_scan(folder)
+    good, bad, seen = [], [], {}
+    todo = [f for f in files if known.get(str(f.relative_to(folder))) != _stamp(f)]
+    with Progress(*_SCAN_COLUMNS, disable=len(todo) < 2000) as bar:
+        task = bar.add_task(f"scanning {folder.name}", total=len(todo))
+        for f in files:
+            rel = str(f.relative_to(folder))
+            if known.get(rel) != _stamp(f):
+                if not _decodes(f):
+                    bad.append(f)
+                    continue
+                bar.advance(task)
+            good.append(f)
+            seen[rel] = _stamp(f)
+    if seen != known:
+        _write_scan(folder, seen)
+    return good, bad
+
+
+def settle_bad_images(bad: list[Path], skip: bool) -> None:
+    """Refuse files that do not decode in one line naming the first few and their count, or, with ``skip``
+    (``data.skip_bad_images``), warn that they were left out."""
+    if bad and not skip:
+        names = ", ".join(str(b) for b in bad[:3])
+        raise UserError(f"{len(bad)} image file(s) do not decode: {names}; fix or remove them, or set "
+                        "data.skip_bad_images true")  # fmt: skip
+    if bad:
+        warnings.warn(f"skipped {len(bad)} image file(s) that do not decode, e.g. {bad[0]}", stacklevel=2)
+
+
+_SCAN_COLUMNS = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+
+
+def _stamp(f: Path) -> list[int]:
+    info = f.stat()
+    return [info.st_size, info.st_mtime_ns]
+
+
+def _decodes(f: Path) -> bool:
+    try:
+        with Image.open(f) as image:
+            image.load()  # a truncated file fails here, not at open
+        return True
+    except Exception:  # PIL raises many types for foreign or damaged files
+        return False
+
+
+def _read_scan(folder: Path) -> dict:
+    try:
+        return json.loads(scan_record(folder).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_scan(folder: Path, seen: dict) -> None:
+    with contextlib.suppress(OSError, UserError):  # nowhere to remember it: scan again next time
+        write_text_atomic(scan_record(folder), json.dumps(seen))
 
 
 def _imagefolder_root(cfg: DataConfig) -> tuple[Path, Path]:
@@ -121,7 +205,9 @@ def imagefolder(cfg: DataConfig) -> DatasetSpec:
     if not classes:
         raise UserError(f"image folder {str(train_dir)!r} has no class sub-folders")
     side = cfg.image_size or DEFAULT_IMAGE_SIZE
-    train = class_tree(train_dir, classes, (side, side))
-    test = class_tree(test_dir, classes, (side, side))
+    bad: list[Path] = []
+    train = class_tree(train_dir, classes, (side, side), train=True, bad=bad)
+    test = class_tree(test_dir, classes, (side, side), bad=bad)
+    settle_bad_images(bad, cfg.skip_bad_images)
     mean, std = STATS["imagenet"]
     return DatasetSpec("imagefolder", train, test, len(classes), mean, std, side, class_names=classes)

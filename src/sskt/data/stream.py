@@ -134,7 +134,7 @@ def unlabeled_pool(spec: DatasetSpec, data: DataConfig, rest: Tensor) -> Pool | 
         name, split = data.unlabeled, load_extra_split(data.unlabeled, data)
     elif Path(data.unlabeled).expanduser().is_dir():
         path = Path(data.unlabeled).expanduser().resolve()
-        name, split = f"folder:{path}", unlabeled_folder(path, hw)
+        name, split = f"folder:{path}", unlabeled_folder(path, hw, data.skip_bad_images)
     else:
         valid = ", ".join(["rest", *EXTRA_SPLITS, "an existing folder of images"])
         raise UserError(f"unknown data.unlabeled {data.unlabeled!r}; valid choices: {valid}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import get_args
 
+import torch
+
 from sskt.config import Augment, BNMode, HeadKind, Precision, PrimaryLoss, Schedule, TrainConfig
 from sskt.data import DATASETS
 from sskt.errors import UserError, check_choice
@@ -37,6 +39,7 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.cache.enabled:
         check_cache_config(cfg.cache, cfg.method.sskt.temperature)
     _check_positive(cfg)
+    _check_device(cfg)
 
 
 def _check_positive(cfg: TrainConfig) -> None:
@@ -51,8 +54,22 @@ def _check_positive(cfg: TrainConfig) -> None:
     for key, value in {
         "data.labels_per_class": cfg.data.labels_per_class,
         "data.val_per_class": cfg.data.val_per_class,
+        "data.image_size": cfg.data.image_size,
+        "threads": cfg.threads,  # 0 would mean "all cores" to torch: say null for torch's default instead
     }.items():
         if value is not None and value < 1:
             raise UserError(f"{key} must be at least 1 or null, got {value}")
-    if cfg.data.crop_padding < 0:
-        raise UserError(f"data.crop_padding must be >= 0, got {cfg.data.crop_padding}")
+    for key, value in {"data.crop_padding": cfg.data.crop_padding, "data.num_workers": cfg.data.num_workers}.items():
+        if value < 0:
+            raise UserError(f"{key} must be >= 0, got {value}")
+    if not cfg.optim.lr > 0:
+        raise UserError(f"optim.lr must be positive, got {cfg.optim.lr}")
+    if not str(cfg.out).strip():
+        raise UserError("out must name a run directory, got an empty path")
+
+
+def _check_device(cfg: TrainConfig) -> None:
+    """An accelerator that is asked for by name must exist here."""
+    wants = {"cuda": torch.cuda.is_available, "gpu": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+    if cfg.accelerator in wants and not wants[cfg.accelerator]():
+        raise UserError(f"accelerator {cfg.accelerator!r} is not available on this machine; use 'auto' or 'cpu'")

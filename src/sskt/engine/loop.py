@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
+from pathlib import Path
 
 import torch
 from lightning_fabric import Fabric
@@ -40,21 +43,35 @@ def build_fabric(cfg: TrainConfig, run: RunDir) -> Fabric:
 def train(cfg: TrainConfig) -> dict:
     """Train one run into ``cfg.out`` and return its summary (also written to ``summary.json``)."""
     check_config(cfg)
+    cfg = resolve_paths(cfg)
     run = RunDir(cfg.out)
     run.check(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    with run.locked():
-        return _train(cfg, run)
-
-
-def _train(cfg: TrainConfig, run: RunDir) -> dict:
-    """``train`` once the run directory is checked and locked: nothing is written there before the data, the
-    networks and the sources have been built."""
     started = time.perf_counter()
     fabric = build_fabric(cfg, run)
     fabric.launch()
+    # Nothing is written into the run directory before the data, the networks and the sources are built.
     spec, stream, method = build_parts(cfg, fabric)
+    with run.locked() if fabric.is_global_zero else contextlib.nullcontext():
+        return _train(cfg, run, fabric, (spec, stream, method), started)
+
+
+def resolve_paths(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its data and cache folders made absolute, so the stored ``config.yaml`` (and ``evaluate``)
+    works from any directory."""
+    data = dataclasses.replace(
+        cfg.data, root=str(Path(cfg.data.root).expanduser().resolve()) if cfg.data.root else None
+    )
+    cache = dataclasses.replace(
+        cfg.cache, dir=str(Path(cfg.cache.dir).expanduser().resolve()) if cfg.cache.dir else None
+    )
+    return dataclasses.replace(cfg, data=data, cache=cache)
+
+
+def _train(cfg: TrainConfig, run: RunDir, fabric: Fabric, parts: tuple, started: float) -> dict:
+    """``train`` once everything is built and the run directory is locked."""
+    spec, stream, method = parts
     if fabric.is_global_zero:
         run.prepare(cfg)
     splits = eval_splits(spec, stream.val_indices, cfg.data.eval_batch_size, fabric.device, cfg.data.num_workers)

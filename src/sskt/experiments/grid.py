@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from jsonargparse import ArgumentParser
 from rich.console import Console
 from rich.progress import (
@@ -51,7 +50,7 @@ from rich.progress import (
 )
 
 from sskt.config import TrainConfig
-from sskt.config_io import flatten
+from sskt.config_io import flatten, read_yaml
 from sskt.errors import UserError, choice_error
 from sskt.experiments.cells import CellRunner, cell_state, claim, release, subprocess_runner, threads_per_cell
 from sskt.experiments.drift import changes_if_run, check_cells
@@ -154,7 +153,7 @@ def load_grid(path: str | Path) -> Grid:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"grid file {str(path)!r} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path) or {}
     if not isinstance(raw, Mapping):
         raise UserError(f"grid file {str(path)!r} must hold a mapping with keys {', '.join(GRID_KEYS)}")
     return parse_grid(raw, path.parent, path)
@@ -162,7 +161,7 @@ def load_grid(path: str | Path) -> Grid:
 
 def is_grid_file(path: str | Path) -> bool:
     """Whether a YAML file is a grid (has ``axes`` or ``seeds``) rather than a plain TrainConfig preset."""
-    raw = yaml.safe_load(Path(path).read_text())
+    raw = read_yaml(Path(path))
     return isinstance(raw, Mapping) and ("axes" in raw or "seeds" in raw)
 
 
@@ -361,7 +360,9 @@ def dry_run(
 def grid_main(argv: list[str] | None = None) -> int:
     """``sskt grid --config GRID.yaml [--out DIR] [--jobs N] [--only GLOBS] [--seed-major] [--dry-run]``; exit
     status 1 if any cell failed."""
-    parser = ArgumentParser(prog="sskt grid", description="Run every cell of a grid of training runs.")
+    parser = ArgumentParser(
+        prog="sskt grid", description="Run every cell of a grid of training runs.", allow_abbrev=False
+    )
     parser.exit_on_error = False
     parser.add_argument("--config", type=str, required=True, help="grid YAML file (base, axes, seeds, out)")
     parser.add_argument("--out", type=str | None, default=None, help="root of the cells (default: the grid's 'out')")

@@ -379,7 +379,9 @@ def seed_list(text: str) -> list[int]:
 
 def report_main(argv: list[str] | None = None) -> int:
     """``sskt report RUNS_DIR [RUNS_DIR ...] [--out DIR] [--metric NAME] [--no-plots] [--drop-seed N[,N...]]``."""
-    parser = ArgumentParser(prog="sskt report", description="Tables and plots from run directories.")
+    parser = ArgumentParser(
+        prog="sskt report", description="Tables and plots from run directories.", allow_abbrev=False
+    )
     parser.exit_on_error = False
     parser.add_argument("runs_dir", nargs="+", type=str, help="folders holding run directories (any depth)")
     parser.add_argument("--out", type=str | None, default=None, help="where the report goes (default: the first)")

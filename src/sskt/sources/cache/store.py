@@ -92,7 +92,13 @@ class SoftLabelCache:
         self.header, self.key = header, header["key"]
         self.views: int = header["views"]
         self.num_classes: dict[str, int] = {s["key"]: s["classes"] for s in header["sources"]}
-        self.pools = {name: self._open_pool(meta) for name, meta in header["pools"].items()}
+        try:
+            self.pools = {name: self._open_pool(meta) for name, meta in header["pools"].items()}
+        except (OSError, ValueError) as exc:  # a truncated or missing array: numpy's memory map refuses it
+            raise UserError(
+                f"soft-label cache {str(self.path)!r} is damaged ({type(exc).__name__}: {exc}); delete the folder "
+                "and it is rebuilt"
+            ) from exc
 
     def _open_pool(self, meta: dict) -> StoredPool:
         def mm(suffix: str) -> np.ndarray:

@@ -1,0 +1,162 @@
+"""Bad input: one line naming the bad value (and the valid choices), exit status 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from sskt.cli import main
+from sskt.config import DataConfig
+from sskt.data import build_dataset
+from sskt.errors import UserError
+
+
+def _error_line(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def _train(data_root: Path, out: Path, *extra: str) -> list[str]:
+    argv = ["train", "--data.root", str(data_root), "--data.download", "false", "--data.labels_per_class", "4"]
+    return [*argv, "--data.batch_size", "20", "--epochs", "1", "--progress", "false", "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--threads", "-1"], "threads must be at least 1 or null, got -1"),
+        (["--threads", "0"], "threads must be at least 1 or null, got 0"),
+        (["--optim.lr", "-1"], "optim.lr must be positive, got -1.0"),
+        (["--data.num_workers", "-1"], "data.num_workers must be >= 0, got -1"),
+        (["--data.image_size", "-4"], "data.image_size must be at least 1 or null, got -4"),
+        (["--data.image_size", "0"], "data.image_size must be at least 1 or null, got 0"),
+        (["--epoch", "3"], "unrecognized arguments: --epoch 3 (did you mean --epochs?)"),
+        (["--epohcs", "3"], "(did you mean --epochs?)"),
+        (["--data.labels_per_class", "1000"], "labels_per_class=1000 is out of range"),
+    ],
+)
+def test_bad_values_are_one_line_and_write_nothing(capsys, small_fmnist, tmp_path, extra, expected) -> None:
+    out = tmp_path / "run"
+    assert expected in _error_line(capsys, _train(small_fmnist, out, *extra))
+    assert not out.exists(), "nothing is written before every check has passed"
+
+
+def test_bad_run_directories(capsys, small_fmnist, tmp_path, monkeypatch) -> None:
+    file = tmp_path / "a_file"
+    file.write_text("x")
+    assert "is a file" in _error_line(capsys, _train(small_fmnist, file))
+    assert "empty path" in _error_line(capsys, _train(small_fmnist, Path(""), "--out", ""))
+    import sskt.rundir
+
+    monkeypatch.setattr(sskt.rundir.os, "access", lambda path, mode: False)  # root ignores permission bits
+    assert "cannot be written" in _error_line(capsys, _train(small_fmnist, tmp_path / "ro" / "run"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_missing_accelerator_is_one_line(capsys, small_fmnist, tmp_path) -> None:
+    err = _error_line(capsys, _train(small_fmnist, tmp_path / "run", "--accelerator", "cuda"))
+    assert "'cuda' is not available" in err
+
+
+@pytest.mark.parametrize("text", ["base: [\n", 'seeds: !!python/object/apply:os.system ["echo pwned"]\n'])
+def test_a_grid_file_that_is_not_plain_yaml_is_one_line(capsys, tmp_path, text) -> None:
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(text)
+    assert "is not plain YAML" in _error_line(capsys, ["grid", "--config", str(grid), "--dry-run"])
+
+
+def test_ctrl_c_says_how_to_resume(capsys, monkeypatch, tmp_path) -> None:
+    import sskt.cli
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sskt.cli, "train", interrupted)
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "false"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("interrupted: ") and "\n" not in err
+    assert err.endswith(f"sskt train --out {tmp_path / 'run'} --resume true")
+
+
+def test_a_truncated_cache_array_is_one_line(tmp_path) -> None:
+    from test_cache import cache_cfg, opened, tiny_source, toy_spec
+
+    from sskt.sources.cache import SoftLabelCache
+
+    spec, cfg = toy_spec(), cache_cfg(tmp_path)
+    path = opened(cfg, spec, tiny_source(spec)).path
+    array = path / "p0.s0.logits.npy"
+    array.write_bytes(array.read_bytes()[:200])
+    with pytest.raises(UserError, match="is damaged"):
+        SoftLabelCache(path)
+
+
+# --- image folders are checked before training ---------------------------------------------------------------------
+def _folder(root: Path, classes=("a", "b"), per_class: int = 3) -> Path:
+    for split in ("train", "test"):
+        for c, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(np.full((8, 8, 3), 40 * c + i, np.uint8)).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_an_empty_training_class_folder_is_refused(tmp_path) -> None:
+    root = _folder(tmp_path / "data")
+    (root / "train" / "c").mkdir()
+    with pytest.raises(UserError, match=r"training class folder .*train/c' holds no images"):
+        build_dataset(DataConfig(name="imagefolder", root=str(root), image_size=8))
+
+
+def test_a_single_class_dataset_is_refused(tmp_path) -> None:
+    root = _folder(tmp_path / "data", classes=("only",))
+    with pytest.raises(UserError, match="has 1 class.*at least 2"):
+        build_dataset(DataConfig(name="imagefolder", root=str(root), image_size=8))
+
+
+def test_images_that_do_not_decode_are_named_before_training_or_skipped(tmp_path) -> None:
+    root = _folder(tmp_path / "data")
+    good = (root / "train" / "a" / "0.png").read_bytes()
+    (root / "train" / "a" / "1.png").write_bytes(good[: len(good) // 2])  # truncated
+    (root / "train" / "b" / "2.png").write_bytes(b"not an image")
+    with pytest.raises(UserError, match=r"2 image file\(s\) do not decode: .*1\.png.*2\.png.*skip_bad_images"):
+        build_dataset(DataConfig(name="imagefolder", root=str(root), image_size=8))
+    with pytest.warns(UserWarning, match="skipped 2 image file"):
+        spec = build_dataset(DataConfig(name="imagefolder", root=str(root), image_size=8, skip_bad_images=True))
+    assert len(spec.train) == 4 and all(spec.train[i][0].shape == (3, 8, 8) for i in range(4))
+
+
+def test_a_scan_is_remembered_and_a_changed_file_is_opened_again(tmp_path, monkeypatch) -> None:
+    from sskt.data import folder
+
+    root = _folder(tmp_path / "data")
+    build_dataset(DataConfig(name="imagefolder", root=str(root), image_size=8))
+    opened: list[Path] = []
+    real = folder._decodes
+    monkeypatch.setattr(folder, "_decodes", lambda f: opened.append(f) or real(f))
+    build_dataset(DataConfig(name="imagefolder", root=str(root), image_size=8))
+    assert opened == [], "unchanged files are not decoded again"
+    changed = root / "train" / "a" / "0.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(changed)
+    os.utime(changed, ns=(1, 10**18))
+    build_dataset(DataConfig(name="imagefolder", root=str(root), image_size=8))
+    assert opened == [changed]
+    assert not list(root.rglob("*.json")), "the image folder itself is never written"
+
+
+def test_a_relative_data_root_is_stored_resolved(small_fmnist, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(small_fmnist.parent)
+    out = tmp_path / "run"
+    assert main(_train(Path(small_fmnist.name), out)) == 0
+    stored = yaml.safe_load((out / "config.yaml").read_text())["data"]["root"]
+    assert stored == str(small_fmnist.resolve())
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", str(out)]) == 0
