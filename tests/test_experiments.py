@@ -443,3 +443,12 @@ def test_report_can_leave_out_the_seeds_that_chose_a_setting(tmp_path: Path) -> 
     assert "Runs of seed(s) 0 are left out." in text and "4 finished runs in 2 group(s)" in text
     kept = paired_diff({s: FINAL["sskt"][s] for s in (1, 2)}, {s: FINAL["scratch"][s] for s in (1, 2)})
     assert kept.format() in text and kept.n == 2
+
+
+def test_a_torn_summary_counts_as_unfinished_not_as_a_crash(tmp_path: Path) -> None:
+    for method, values in FINAL.items():
+        for seed, v in enumerate(values):
+            _fabricate(tmp_path / "runs", method, seed, v)
+    (tmp_path / "runs" / "sskt-seed2" / "summary.json").write_text("")  # a disk that filled up mid-write
+    text = write_report(tmp_path / "runs", plots=False).read_text()
+    assert "5 finished runs" in text and "unfinished run directories ignored: sskt-seed2" in text

@@ -81,8 +81,10 @@ def collect_runs(roots: Sequence[Path]) -> tuple[list[Run], list[Path]]:
 
 
 def find_runs(root: Path) -> tuple[list[Run], list[Path]]:
-    """Finished runs under ``root`` (any depth), and the unfinished directories (config but no summary)."""
-    runs = [load_run(p.parent) for p in sorted(root.rglob(SUMMARY)) if RunDir(p.parent).config.exists()]
+    """Finished runs under ``root`` (any depth), and the unfinished directories (a config but no summary that
+    parses: an interrupted run, or a summary torn by a full disk)."""
+    finished = [p.parent for p in sorted(root.rglob(SUMMARY)) if RunDir(p.parent).is_finished()]
+    runs = [load_run(d) for d in finished if RunDir(d).config.exists()]
     unfinished = [p.parent for p in sorted(root.rglob(CONFIG)) if not RunDir(p.parent).is_finished()]
     return runs, unfinished
 
