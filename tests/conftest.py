@@ -30,6 +30,16 @@ def _cache_in_a_temporary_folder(tmp_path_factory: pytest.TempPathFactory):
         yield
 
 
+def error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    """Run ``sskt argv`` in-process; it must exit 2 with exactly one ``error:`` line on stderr (no traceback)."""
+    from sskt.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
 def learned(name: str, value: float, threshold: float) -> bool:
     """``value > threshold``, appending ``{test, value, threshold, margin}`` as a JSON line to $SSKT_MARGIN_LOG when it
     is set, so the margins of the learning tests can be read off a run of the suite."""

@@ -9,19 +9,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import error_line
 from PIL import Image
 
 from sskt.cli import main
 from sskt.config import DataConfig
 from sskt.data import build_dataset
 from sskt.errors import UserError
-
-
-def _error_line(capsys, argv: list[str]) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
 
 
 def _train(data_root: Path, out: Path, *extra: str) -> list[str]:
@@ -45,24 +39,24 @@ def _train(data_root: Path, out: Path, *extra: str) -> list[str]:
 )
 def test_bad_values_are_one_line_and_write_nothing(capsys, small_fmnist, tmp_path, extra, expected) -> None:
     out = tmp_path / "run"
-    assert expected in _error_line(capsys, _train(small_fmnist, out, *extra))
+    assert expected in error_line(capsys, _train(small_fmnist, out, *extra))
     assert not out.exists(), "nothing is written before every check has passed"
 
 
 def test_bad_run_directories(capsys, small_fmnist, tmp_path, monkeypatch) -> None:
     file = tmp_path / "a_file"
     file.write_text("x")
-    assert "is a file" in _error_line(capsys, _train(small_fmnist, file))
-    assert "empty path" in _error_line(capsys, _train(small_fmnist, Path(""), "--out", ""))
+    assert "is a file" in error_line(capsys, _train(small_fmnist, file))
+    assert "empty path" in error_line(capsys, _train(small_fmnist, Path(""), "--out", ""))
     import sskt.rundir
 
     monkeypatch.setattr(sskt.rundir.os, "access", lambda path, mode: False)  # root ignores permission bits
-    assert "cannot be written" in _error_line(capsys, _train(small_fmnist, tmp_path / "ro" / "run"))
+    assert "cannot be written" in error_line(capsys, _train(small_fmnist, tmp_path / "ro" / "run"))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_a_missing_accelerator_is_one_line(capsys, small_fmnist, tmp_path) -> None:
-    err = _error_line(capsys, _train(small_fmnist, tmp_path / "run", "--accelerator", "cuda"))
+    err = error_line(capsys, _train(small_fmnist, tmp_path / "run", "--accelerator", "cuda"))
     assert "'cuda' is not available" in err
 
 
@@ -70,7 +64,7 @@ def test_a_missing_accelerator_is_one_line(capsys, small_fmnist, tmp_path) -> No
 def test_a_grid_file_that_is_not_plain_yaml_is_one_line(capsys, tmp_path, text) -> None:
     grid = tmp_path / "grid.yaml"
     grid.write_text(text)
-    assert "is not plain YAML" in _error_line(capsys, ["grid", "--config", str(grid), "--dry-run"])
+    assert "is not plain YAML" in error_line(capsys, ["grid", "--config", str(grid), "--dry-run"])
 
 
 def test_ctrl_c_says_how_to_resume(capsys, monkeypatch, tmp_path) -> None:

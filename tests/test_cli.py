@@ -8,19 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import error_line
 
 from sskt.cli import COMMANDS, main, parse_train_args
 from sskt.engine import check_config
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
-    """Run ``sskt argv`` in-process; it must exit 2 with exactly one ``error:`` line on stderr."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
 
 
 def test_list_prints_one_registered_name_per_line(capsys) -> None:
@@ -75,13 +68,13 @@ def test_train_help_lists_fields_with_their_docstrings(capsys) -> None:
     ],
 )
 def test_bad_names_and_values_exit_2_naming_the_choices(capsys, tmp_path, argv, expected) -> None:
-    err = _error_line(capsys, ["train", "--out", str(tmp_path / "run"), *argv])
+    err = error_line(capsys, ["train", "--out", str(tmp_path / "run"), *argv])
     assert expected in err
 
 
 def test_missing_data_folder_exits_2(capsys, tmp_path) -> None:
     argv = ["train", "--out", str(tmp_path / "run"), "--data.name", "imagefolder", "--data.root", str(tmp_path / "no")]
-    assert "no" in _error_line(capsys, argv)
+    assert "no" in error_line(capsys, argv)
 
 
 def test_corrupt_checkpoint_source_exits_2(capsys, tmp_path) -> None:
@@ -89,17 +82,17 @@ def test_corrupt_checkpoint_source_exits_2(capsys, tmp_path) -> None:
     bad.write_bytes(b"\x00not a checkpoint")
     sources = f'[{{"name": "checkpoint:{bad}"}}]'
     argv = ["train", "--out", str(tmp_path / "run"), "--method.name", "sskt", "--sources", sources]
-    assert str(bad) in _error_line(capsys, argv)
+    assert str(bad) in error_line(capsys, argv)
 
 
 def test_too_many_labels_per_class_exits_2(capsys, tmp_path, small_fmnist) -> None:
     argv = ["train", "--out", str(tmp_path / "run"), "--data.root", str(small_fmnist), "--data.download", "false"]
-    err = _error_line(capsys, [*argv, "--data.labels_per_class", "1000"])
+    err = error_line(capsys, [*argv, "--data.labels_per_class", "1000"])
     assert "1000" in err
 
 
 def test_unknown_command_lists_the_commands(capsys) -> None:
-    err = _error_line(capsys, ["trian"])
+    err = error_line(capsys, ["trian"])
     assert all(name in err for name in COMMANDS)
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import error_line
 
 from sskt.cli import main
 from sskt.errors import UserError
@@ -28,13 +29,6 @@ def _argv(data_root: Path, out: Path, *extra: str) -> list[str]:
     return [*argv, "--progress", "false", "--out", str(out), *extra]
 
 
-def _one_error(capsys, argv: list[str]) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
-
-
 @pytest.fixture
 def finished(small_fmnist: Path, tmp_path: Path, capsys) -> Path:
     out = tmp_path / "run"
@@ -46,9 +40,9 @@ def finished(small_fmnist: Path, tmp_path: Path, capsys) -> Path:
 def test_resume_refuses_other_settings_and_leaves_config_yaml_untouched(finished, small_fmnist, capsys) -> None:
     before = (finished / "config.yaml").read_bytes()
     summary = (finished / "summary.json").read_bytes()
-    err = _one_error(capsys, _argv(small_fmnist, finished, "--resume", "true", "--seed", "7", "--optim.lr", "0.001"))
+    err = error_line(capsys, _argv(small_fmnist, finished, "--resume", "true", "--seed", "7", "--optim.lr", "0.001"))
     assert "optim.lr: 0.1 -> 0.001" in err and "seed: 0 -> 7" in err
-    err = _one_error(capsys, _argv(small_fmnist, finished, "--resume", "true", "--model.name", "resnet32"))
+    err = error_line(capsys, _argv(small_fmnist, finished, "--resume", "true", "--model.name", "resnet32"))
     assert "model.name: 'resnet20' -> 'resnet32'" in err
     assert (finished / "config.yaml").read_bytes() == before and (finished / "summary.json").read_bytes() == summary
 
@@ -59,7 +53,7 @@ def test_resume_accepts_what_changes_no_result(finished, small_fmnist, capsys) -
     # A constant schedule does not depend on the number of epochs: training longer continues the same run.
     assert main(_argv(small_fmnist, finished, "--resume", "true", "--epochs", "3")) == 0
     assert [r["epoch"] for r in RunDir(finished).read_records()] == [1, 2, 3]
-    err = _one_error(capsys, _argv(small_fmnist, finished, "--resume", "true", "--epochs", "2"))
+    err = error_line(capsys, _argv(small_fmnist, finished, "--resume", "true", "--epochs", "2"))
     assert "epochs: 3 -> 2" in err
 
 
@@ -110,7 +104,7 @@ def test_a_full_disk_at_the_summary_is_one_line_and_the_cell_is_not_done(small_f
 
     monkeypatch.setattr(sskt.files.os, "replace", full_at_summary)
     out = tmp_path / "run"
-    err = _one_error(capsys, _argv(small_fmnist, out))
+    err = error_line(capsys, _argv(small_fmnist, out))
     assert "no space left on device writing" in err and "summary.json" in err
     assert not (out / "summary.json").exists() and cell_state(out) == "resume"
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
@@ -127,7 +121,7 @@ def test_a_second_trainer_on_the_same_directory_exits_2_naming_the_holder(small_
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "held"
-        err = _one_error(capsys, _argv(small_fmnist, out))
+        err = error_line(capsys, _argv(small_fmnist, out))
         assert f"pid {holder.pid}" in err and "in use by another trainer" in err
         assert not (out / "config.yaml").exists(), "nothing written by the refused trainer"
     finally:
