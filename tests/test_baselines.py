@@ -149,7 +149,7 @@ def test_kd_distils_a_teacher_run_by_path(colour_cfg, tiny_model: str, tmp_path:
     assert learned("teacher test_acc", teacher_acc, LEARNED)
     assert learned("kd test_acc", summary["final"]["test_acc"], LEARNED)
     records = [json.loads(line) for line in (tmp_path / "kd" / "records.jsonl").read_text().splitlines()]
-    assert all("kd_loss" in r and "ce_loss" in r for r in records)
+    assert all("kd_loss" in r and "primary_loss" in r for r in records)
 
 
 # --- DML --------------------------------------------------------------------------------------------------------

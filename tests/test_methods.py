@@ -70,8 +70,9 @@ def test_sskt_reads_cached_soft_labels_instead_of_running_the_source(sskt_method
     online_loss, logits, logs = sskt_method.compute_loss(batch)
     assert logits.shape == (4, 4), "primary logits cover the labelled rows only"
     assert set(logs) == {"primary_loss", f"aux_{SOURCE}"}
-    soft = sskt_method.bank(images)
-    monkeypatch.setattr(sskt_method, "bank", lambda x: pytest.fail("the source ran although the batch had logits"))
+    (aux_term,) = sskt_method.terms
+    soft = aux_term.bank(images)
+    monkeypatch.setattr(aux_term, "bank", lambda x: pytest.fail("the source ran although the batch had logits"))
     cached = Batch(images=images, labels=batch.labels, indices=batch.indices, num_labeled=4, soft=soft)
     torch.manual_seed(0)
     cached_loss, _, _ = sskt_method.compute_loss(cached)

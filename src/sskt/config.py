@@ -14,7 +14,7 @@ AlphaSchedule = Literal["constant", "warmup", "cosine"]
 HeadKind = Literal["linear", "tm"]
 BNMode = Literal["eval", "train"]
 Precision = Literal["32-true", "32", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true"]
-Schedule = Literal["multistep", "cosine", "constant"]
+Schedule = Literal["multistep", "cosine", "constant", "fixmatch"]
 Augment = Literal["default", "none"]
 CacheDtype = Literal["float16", "float32"]
 
@@ -178,6 +178,22 @@ class SSKTConfig:
 
 
 @dataclass
+class FixMatchConfig:
+    """FixMatch (Sohn et al. 2020): a confident weak-view prediction is the hard label of the strong view."""
+
+    threshold: float = 0.95
+    """Confidence tau: an unlabelled row counts only where max softmax(f(weak)) >= tau."""
+    lambda_u: float = 1.0
+    """Weight of the masked unlabelled cross-entropy."""
+    ops: int = 2
+    """RandAugment operations per strong view, drawn from the 14."""
+    magnitude_bins: int = 10
+    """RandAugment magnitude levels; each operation draws its level uniformly from 1..magnitude_bins."""
+    cutout: float = 0.5
+    """Side of the Cutout square on the strong view, as a fraction of the image side (0 turns Cutout off)."""
+
+
+@dataclass
 class MethodConfig:
     """The training method and its losses."""
 
@@ -194,6 +210,11 @@ class MethodConfig:
     """DML settings."""
     maxl: MAXLConfig = field(default_factory=MAXLConfig)
     """MAXL settings."""
+    fixmatch: FixMatchConfig = field(default_factory=FixMatchConfig)
+    """FixMatch settings (also for the compositions 'fixmatch+sskt', 'fixmatch+kd')."""
+    ema_decay: float | None = None
+    """Evaluate (and save) an exponential moving average of the target's weights with this decay per step; None
+    uses 0.999 for methods with FixMatch's term and no average otherwise; 0 turns it off."""
 
 
 @dataclass
@@ -209,7 +230,7 @@ class OptimConfig:
     nesterov: bool = False
     """Nesterov momentum."""
     schedule: Schedule = "multistep"
-    """'multistep', 'cosine' or 'constant'."""
+    """'multistep', 'cosine', 'constant' or 'fixmatch' (cos(7 pi e / 16 E), FixMatch's slow cosine)."""
     milestones: list[int] = field(default_factory=lambda: [150, 250])
     """Epochs at which 'multistep' multiplies the learning rate by gamma."""
     gamma: float = 0.1

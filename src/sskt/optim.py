@@ -36,6 +36,9 @@ def lr_factor(cfg: OptimConfig, epoch: int, epochs: int) -> float:
     if cfg.schedule == "cosine":
         span = max(1, epochs - cfg.warmup_epochs)
         return 0.5 * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
+    if cfg.schedule == "fixmatch":  # Sohn et al.: lr * cos(7 pi k / 16 K), never reaching zero
+        span = max(1, epochs - cfg.warmup_epochs)
+        return math.cos(7 * math.pi * (epoch - cfg.warmup_epochs) / (16 * span))
     return 1.0
 
 

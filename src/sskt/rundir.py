@@ -163,10 +163,10 @@ class RunDir:
 
 def extends_training(stored: TrainConfig, cfg: TrainConfig) -> bool:
     """More epochs than ``stored`` ran, where nothing ``stored`` trained depends on the number of epochs: the
-    learning-rate and alpha schedules are not cosine (multistep milestones and warm-ups count epochs from the start,
-    so the epochs already trained are what the longer run would have trained)."""
-    cosine = "cosine" in (cfg.optim.schedule, cfg.method.sskt.alpha_schedule)
-    return cfg.epochs >= stored.epochs and not cosine
+    learning-rate and alpha schedules are not cosine or FixMatch's (multistep milestones and warm-ups count epochs
+    from the start, so the epochs already trained are what the longer run would have trained)."""
+    by_length = {"cosine", "fixmatch"} & {cfg.optim.schedule, cfg.method.sskt.alpha_schedule}
+    return cfg.epochs >= stored.epochs and not by_length
 
 
 def normalise_summary(summary: dict) -> dict:

@@ -169,7 +169,7 @@ DEFAULT_PADDING = 4
 """The released code's ``RandomCrop(size, padding=4)``, at every image size (STL10's 96 px too)."""
 
 
-def _fit(in_hw: tuple[int, int], size: int) -> list[AugOp]:
+def fit_ops(in_hw: tuple[int, int], size: int) -> list[AugOp]:
     return [] if tuple(in_hw) == (size, size) else [FitTo(size)]
 
 
@@ -178,13 +178,13 @@ def default_preset(in_hw: tuple[int, int], size: int, padding: int = DEFAULT_PAD
     """The standard recipe: fit to S, random crop after ``padding`` px of zero padding (4 by default), flip."""
     if padding < 0:
         raise UserError(f"data.crop_padding must be >= 0, got {padding}")
-    return Augment(_fit(in_hw, size) + [RandomCrop(size, padding=padding), HFlip()])
+    return Augment(fit_ops(in_hw, size) + [RandomCrop(size, padding=padding), HFlip()])
 
 
 @AUGMENTS.register("none")
 def none_preset(in_hw: tuple[int, int], size: int, padding: int = DEFAULT_PADDING) -> Augment:
     """No randomness: only fit to S (evaluation view)."""
-    return Augment(_fit(in_hw, size))
+    return Augment(fit_ops(in_hw, size))
 
 
 def build_augment(

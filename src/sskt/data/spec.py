@@ -61,10 +61,17 @@ class Batch:
     """Augmentation parameters that produced each row (replayable), int64 [B, P]."""
     soft: dict[str, Tensor] | None = None
     """Cached source logits per source name, float [B, C_m]."""
+    strong: Tensor | None = None
+    """A second, strongly augmented view of each unlabelled row (FixMatch), float [B - num_labeled, C, H, W],
+    normalised; None unless the method asks for strong views."""
 
     @property
     def labeled_images(self) -> Tensor:
         return self.images[: self.num_labeled]
+
+    @property
+    def num_unlabeled(self) -> int:
+        return self.images.shape[0] - self.num_labeled
 
     def to(self, device: torch.device) -> Batch:
         soft = None if self.soft is None else {k: v.to(device, non_blocking=True) for k, v in self.soft.items()}
@@ -75,4 +82,5 @@ class Batch:
             num_labeled=self.num_labeled,
             aug_params=None if self.aug_params is None else self.aug_params.to(device, non_blocking=True),
             soft=soft,
+            strong=None if self.strong is None else self.strong.to(device, non_blocking=True),
         )

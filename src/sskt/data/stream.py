@@ -24,6 +24,7 @@ from sskt.config import DataConfig, TrainConfig
 from sskt.data.augment import Augment, Normalize, build_augment
 from sskt.data.datasets import EXTRA_SPLITS, load_extra_split, stored_shape
 from sskt.data.folder import unlabeled_folder
+from sskt.data.randaugment import strong_augment
 from sskt.data.spec import Batch, DatasetSpec, ImageSet
 from sskt.data.subsets import labeled_after_validation, split_validation
 from sskt.errors import UserError
@@ -154,7 +155,8 @@ class TrainStream:
 
     Each batch holds up to ``data.batch_size`` labelled rows, then ``unlabeled_ratio`` unlabelled rows per labelled
     row. ``len(stream)`` is the number of steps per epoch (the last partial batch is kept). With ``device`` set,
-    in-memory images are kept on that device and augmented there.
+    in-memory images are kept on that device and augmented there. ``enable_strong_views`` adds FixMatch's strong
+    view of every unlabelled row (``Batch.strong``), drawn from its own (seed, epoch) stream.
     """
 
     def __init__(self, spec: DatasetSpec, cfg: TrainConfig, device: torch.device | str | None = None) -> None:
@@ -167,6 +169,7 @@ class TrainStream:
         self.labeled = Pool("train", spec.train, self.split.labeled, self.augment)
         self.unlabeled = unlabeled_pool(spec, cfg.data, self.split.rest)
         self.ratio = cfg.data.unlabeled_ratio if self.unlabeled is not None else 0
+        self.strong: Augment | None = None
         self.provider: ViewProvider | None = None
         self._resident: dict[str, Tensor] = {}
 
@@ -188,6 +191,13 @@ class TrainStream:
     def __len__(self) -> int:
         return math.ceil(len(self.labeled.indices) / self.batch_size)
 
+    def enable_strong_views(self, cfg: TrainConfig) -> None:
+        """Add FixMatch's strong view (``cfg.method.fixmatch``) of every unlabelled row as ``Batch.strong``."""
+        if self.unlabeled is None:
+            raise UserError(f"method {cfg.method.name!r} needs unlabelled images: set data.unlabeled (e.g. 'rest')")
+        hw = stored_shape(self.unlabeled.split)[-2:]
+        self.strong = strong_augment(self.spec, cfg.method.fixmatch, in_hw=hw, padding=cfg.data.crop_padding)
+
     def set_view_provider(self, provider: ViewProvider | None) -> None:
         """Replay stored views: epochs take augmentation params and ``Batch.soft`` from ``provider``."""
         self.provider = provider
@@ -203,20 +213,26 @@ class TrainStream:
             sizes = [self.ratio * len(b) for b in labeled]
             drawn = _cycle(self.unlabeled.indices, sum(sizes), epoch_generator(self.seed, epoch, "unlabeled"))
             aug_gen = epoch_generator(self.seed, epoch, "unlabeled_augment")
-            parts.append(self._rows(self.unlabeled, list(drawn.split(sizes)), aug_gen, views_gen))
+            strong_gen = epoch_generator(self.seed, epoch, "unlabeled_strong")
+            parts.append(self._rows(self.unlabeled, list(drawn.split(sizes)), aug_gen, views_gen, strong_gen))
         for rows in zip(*parts, strict=True):
             yield self._batch(rows)
 
-    def _rows(self, pool: Pool, batches: list[Tensor], aug_gen: torch.Generator, views_gen: torch.Generator):
-        """Yield ``(indices, images float normalised, params, soft)`` for each index batch drawn from ``pool``."""
-        params = pool.augment.sample(sum(len(b) for b in batches), aug_gen).split([len(b) for b in batches])
+    def _rows(self, pool: Pool, batches: list[Tensor], aug_gen, views_gen, strong_gen=None):
+        """Yield ``(indices, images float normalised, params, soft, strong view or None)`` for each index batch
+        drawn from ``pool``; strong views only with ``strong_gen`` and strong views asked for."""
+        sizes = [len(b) for b in batches]
+        params = pool.augment.sample(sum(sizes), aug_gen).split(sizes)
+        strong = self.strong if strong_gen is not None else None
+        strong_params = strong.sample(sum(sizes), strong_gen).split(sizes) if strong else [None] * len(sizes)
         images = read_batches(pool.split, batches, self.num_workers, self._images(pool))
-        for idx, p, raw in zip(batches, params, images, strict=True):
+        for idx, p, sp, raw in zip(batches, params, strong_params, images, strict=True):
             soft = None
             if self.provider is not None:  # the cache's stored view replaces the sampled one
                 p, soft = self.provider.lookup(idx, views_gen, pool.name)
             raw = raw if self.device is None else raw.to(self.device, non_blocking=True)
-            yield idx, self.normalize(pool.augment.apply(raw, p)), p, soft
+            view = None if strong is None else self.normalize(strong.apply(raw, sp))
+            yield idx, self.normalize(pool.augment.apply(raw, p)), p, soft, view
 
     def _images(self, pool: Pool) -> Tensor | None:
         """The pool's in-memory uint8 images, moved once to ``self.device`` (None for lazy splits)."""
@@ -240,6 +256,7 @@ class TrainStream:
             num_labeled=len(idx),
             aug_params=torch.cat([r[2].to(device) for r in rows]),
             soft=soft,
+            strong=rows[-1][4] if len(rows) > 1 else None,
         )
 
 

@@ -86,6 +86,10 @@ def _train(cfg: TrainConfig, run: RunDir, fabric: Fabric, parts: tuple, started:
 
     for epoch in range(state["epoch"], cfg.epochs):
         record = train_epoch(fabric, method, stream, epoch)
+        # Cost so far (resumes included): training seconds (evaluation excluded) and rows the target processed.
+        state["train_seconds"] += record["epoch_seconds"]
+        state["images_seen"] += record.pop("images")
+        record.update(train_seconds=state["train_seconds"], images_seen=state["images_seen"])
 
         # Evaluate every eval_every epochs and after the last one.
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
@@ -121,7 +125,16 @@ def epoch_selectors(task: str, splits: dict) -> dict[str, str]:
 def fresh_state() -> dict:
     """The loop state of a run that has not trained yet: the validation-chosen best ('best') and the test-chosen
     oracle ('oracle'), each with its epoch."""
-    return {"epoch": 0, "best": {}, "best_epoch": None, "oracle": {}, "oracle_epoch": None, "wall_seconds": 0.0}
+    return {
+        "epoch": 0,
+        "best": {},
+        "best_epoch": None,
+        "oracle": {},
+        "oracle_epoch": None,
+        "wall_seconds": 0.0,
+        "train_seconds": 0.0,
+        "images_seen": 0,
+    }
 
 
 def keep_if_better(state: dict, which: str, metric: str, metrics: dict, epoch: int) -> None:
@@ -136,9 +149,12 @@ def build_parts(cfg: TrainConfig, fabric: Fabric) -> tuple[DatasetSpec, TrainStr
     seed_everything(cfg.seed)
     spec = build_dataset(cfg.data)
     stream = TrainStream(spec, cfg, device=fabric.device)
+    strong_views = getattr(METHODS.get(cfg.method.name), "strong_views", lambda: False)()
     if cfg.cache.enabled:  # replay stored views and their cached source logits (built first when allowed)
         attach_cache(cfg, spec, stream, fabric)
     method = METHODS.create(cfg.method.name, ctx=MethodContext(cfg, spec, len(stream)))
+    if strong_views:
+        stream.enable_strong_views(cfg)
     method.setup(fabric)
     return spec, stream, method
 
@@ -164,7 +180,7 @@ def train_epoch(fabric: Fabric, method: Method, stream: TrainStream, epoch: int)
                     if value is not None:
                         sums[key] = sums.get(key, 0) + value.float()
                         counts[key] = counts.get(key, 0) + 1
-                images += batch.images.shape[0]
+                images += batch.images.shape[0] if out.rows is None else out.rows
                 bar.advance(batch.images.shape[0])
     method.end_epoch(epoch)
     seconds = time.perf_counter() - start
@@ -176,7 +192,8 @@ def train_epoch(fabric: Fabric, method: Method, stream: TrainStream, epoch: int)
         "train_loss": means.pop("train_loss"),
         "lr": lr,
         "epoch_seconds": seconds,
-        "images_per_second": images / max(seconds, 1e-9),  # rows this process trained on, every pass
+        "images": images,  # rows the target processed, every pass (unlabelled rows and strong views included)
+        "images_per_second": images / max(seconds, 1e-9),
         **means,
     }
 
@@ -213,6 +230,8 @@ def finish(
     summary.update(best_test_oracle=state["oracle"], best_test_oracle_epoch=state["oracle_epoch"])
     summary |= {
         "wall_seconds": state["wall_seconds"],
+        "train_seconds": state["train_seconds"],
+        "images_seen": state["images_seen"],
         "seed": cfg.seed,
         "git_commit": git_commit(),
         "versions": versions(),

@@ -17,11 +17,18 @@ import torch
 from torch import nn
 
 from sskt.data.spec import Batch
+from sskt.sources.base import Source
 
 
 def batchnorms(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """Every BatchNorm layer of ``net`` that tracks running statistics."""
-    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    """Every BatchNorm layer of ``net`` that tracks running statistics, except those of frozen sources inside it
+    (a linear probe's source keeps the statistics its weights were trained with)."""
+    frozen = {id(m) for s in net.modules() if isinstance(s, Source) for m in s.modules()}
+    return [
+        m
+        for m in net.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and id(m) not in frozen
+    ]
 
 
 @torch.no_grad()

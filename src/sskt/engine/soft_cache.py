@@ -8,17 +8,22 @@ import torch
 from sskt.config import TrainConfig
 from sskt.data.spec import DatasetSpec
 from sskt.errors import UserError
+from sskt.methods import METHODS
+from sskt.methods.kd import TEACHER_KEY, teacher_config
 from sskt.methods.sskt import source_keys
 from sskt.sources import build_source
 from sskt.sources.cache import open_cache
 
 
 def run_sources(cfg: TrainConfig, spec: DatasetSpec, device: torch.device | str = "cpu") -> dict:
-    """The run's sources by the keys the SSKT method uses for them, frozen, on ``device``."""
-    if not cfg.sources:
-        raise UserError("the soft-label cache needs at least one source; set sources: [{name: <source>}]")
-    keys = source_keys(cfg.sources)
-    return {k: build_source(s, spec.mean, spec.std).to(device) for k, s in zip(keys, cfg.sources, strict=True)}
+    """The run's sources by the keys the SSKT term uses for them, and a KD teacher under ``TEACHER_KEY`` when the
+    method distils (its cost is then paid once, like a source's), frozen, on ``device``."""
+    configs = dict(zip(source_keys(cfg.sources), cfg.sources, strict=True))
+    if "kd" in getattr(METHODS.get(cfg.method.name), "families", ()) and cfg.method.kd.teacher:
+        configs[TEACHER_KEY] = teacher_config(cfg)
+    if not configs:
+        raise UserError("the soft-label cache needs a source or a KD teacher; set sources: [{name: <source>}]")
+    return {k: build_source(s, spec.mean, spec.std).to(device) for k, s in configs.items()}
 
 
 def attach_cache(cfg: TrainConfig, spec: DatasetSpec, stream, fabric) -> None:

@@ -1,4 +1,4 @@
-"""Training methods by name: scratch, sskt, kd, dml, maxl."""
+"""Training methods by name: scratch, sskt, kd, fixmatch and their compositions, dml, maxl, probe."""
 
 from sskt.methods.base import Method, MethodContext, SingleNetMethod, StepOutput
 from sskt.registry import Registry
@@ -8,4 +8,4 @@ METHODS: Registry[Method] = Registry("method")
 __all__ = ["METHODS", "Method", "MethodContext", "SingleNetMethod", "StepOutput"]
 
 # Importing the method modules registers them (they need METHODS, defined above).
-from sskt.methods import dml, kd, maxl, scratch, sskt  # noqa: E402,F401
+from sskt.methods import composed, dml, maxl, probe  # noqa: E402,F401

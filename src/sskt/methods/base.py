@@ -38,6 +38,8 @@ class StepOutput:
     """None in a phase that trains no network on the labels (MAXL's meta pass)."""
     logits: Tensor | None
     logs: dict[str, Tensor] = field(default_factory=dict)
+    rows: int | None = None
+    """Rows the target processed in this step (labelled, unlabelled, strong views); None: the batch's rows."""
 
 
 @dataclass
@@ -114,7 +116,7 @@ class Method:
         for network in self.networks.values():
             if self.cfg.channels_last:
                 network.raw = network.raw.to(memory_format=torch.channels_last)
-            opt = build_sgd(network.raw.parameters(), network.optim)
+            opt = build_sgd([p for p in network.raw.parameters() if p.requires_grad], network.optim)
             network.module, network.opt = fabric.setup(network.raw, opt)
             network.sched = build_scheduler(network.opt, network.optim, self.cfg.epochs)
 

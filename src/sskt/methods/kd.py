@@ -4,7 +4,10 @@ A teacher with the target's label space, trained by a run of its own (``sskt tra
 e.g. ``efficientnet_lite0`` fine-tuned from ImageNet), is loaded by path as the source ``checkpoint:<run dir>``: it is
 frozen and re-normalised/resized from the target's batch like every source. The target minimises
 
-    L = (1 - lam) CE(z, y) + lam * T^2 * KL(softmax(t / T) || softmax(z / T))       (KL averaged per sample)
+    L = (1 - lam) CE(z_l, y) + lam * T^2 * mean_rows KL(softmax(t / T) || softmax(z / T))
+
+over the labelled rows ``l`` and, with ``data.unlabeled``, the unlabelled rows too (the KD term on every row). The
+teacher is also the source adapted to the labels: a linear probe on its frozen features (``method.name: probe``).
 
 ``kd.legacy`` swaps the KL for the released SSKT code's elementwise mean (``kd_legacy``, C times weaker).
 """
@@ -21,9 +24,8 @@ from sskt import losses
 from sskt.config import SourceConfig, TrainConfig
 from sskt.data.spec import Batch
 from sskt.errors import UserError
-from sskt.methods import METHODS
-from sskt.methods.base import MethodContext, SingleNetMethod, single_label_primary
-from sskt.models import build_target
+from sskt.methods.base import MethodContext, single_label_primary
+from sskt.methods.terms import Forward, Term, term_family
 from sskt.sources import SOURCES, SourceBank, build_source
 
 
@@ -47,9 +49,21 @@ def kd_objective(
     return (1 - lam) * ce + lam * distill, ce, distill
 
 
-@METHODS.register("kd")
-class KD(SingleNetMethod):
-    """The target distilled from a frozen teacher run (``method.kd.teacher: checkpoint:<run dir>``)."""
+TEACHER_KEY = "kd_teacher"
+"""The teacher's key among a batch's cached logits (``Batch.soft``) and in the soft-label cache."""
+
+
+def teacher_config(cfg: TrainConfig) -> SourceConfig:
+    """``method.kd.teacher`` as a source."""
+    return SourceConfig(name=cfg.method.kd.teacher, input_size=cfg.method.kd.teacher_input_size)
+
+
+@term_family("kd")
+class KDTerm(Term):
+    """Distillation from a frozen teacher with the target's label space, on every row: the labelled ones and, when
+    ``data.unlabeled`` is set, the unlabelled ones (SimCLRv2's last step). The label loss gets ``1 - lam``."""
+
+    reads_unlabeled = True
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
@@ -57,36 +71,38 @@ class KD(SingleNetMethod):
         if cfg.method.kd.teacher is None:
             raise UserError("method 'kd' needs method.kd.teacher, e.g. checkpoint:runs/teacher (a trained run)")
         SOURCES.require(cfg.method.kd.teacher, "source (method.kd.teacher)")
+        single_label_primary("kd", cfg.method.primary_loss)
 
     def __init__(self, ctx: MethodContext) -> None:
-        super().__init__(ctx)
-        kd = self.cfg.method.kd
+        self.cfg = cfg = ctx.cfg
         if ctx.spec.task != "single_label":
             raise UserError(f"method 'kd' needs a single-label dataset; {ctx.spec.name!r} is {ctx.spec.task!r}")
-        self.primary = single_label_primary("kd", self.cfg.method.primary_loss)
-        teacher_cfg = SourceConfig(name=kd.teacher, input_size=kd.teacher_input_size)
-        self.teacher = build_source(teacher_cfg, ctx.spec.mean, ctx.spec.std)
+        self.teacher = build_source(teacher_config(cfg), ctx.spec.mean, ctx.spec.std)
         if self.teacher.num_classes != ctx.spec.num_classes:
             raise UserError(
-                f"KD teacher {kd.teacher!r} predicts {self.teacher.num_classes} classes; "
+                f"KD teacher {cfg.method.kd.teacher!r} predicts {self.teacher.num_classes} classes; "
                 f"dataset {ctx.spec.name!r} has {ctx.spec.num_classes}"
             )
         # The sources' fast path: inference mode, channels-last, chunks of source_chunk images on CPU.
-        self.bank = SourceBank({"teacher": self.teacher}, chunk=self.cfg.source_chunk)
-        self.declare("target", lambda: build_target(self.cfg.model, ctx.spec.num_classes, {}, self.cfg.head))
+        self.bank = SourceBank({TEACHER_KEY: self.teacher}, chunk=cfg.source_chunk)
+        self.primary_scale = 1 - cfg.method.kd.lam
 
     def setup(self, fabric) -> None:
-        super().setup(fabric)
         # The teacher is frozen: on the device, outside Fabric's wrapping, never in an optimizer.
         self.bank = self.bank.to(fabric.device)
+        self.fabric = fabric
 
-    def compute_loss(self, batch: Batch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        kd = self.cfg.method.kd
-        images = batch.labeled_images
+    def teacher_logits(self, batch: Batch, rows: int) -> Tensor:
+        """The teacher's logits for the first ``rows`` rows: cached in the batch when there, else computed."""
+        if batch.soft is not None and TEACHER_KEY in batch.soft:
+            return batch.soft[TEACHER_KEY][:rows].float()
         with torch.no_grad(), self.fabric.autocast():
-            teacher_logits = self.bank(images)["teacher"].float()
-        logits = self.net(images).logits
-        loss, ce, distill = kd_objective(
-            logits, teacher_logits, batch.labels, kd.temperature, kd.lam, kd.legacy, self.primary
-        )
-        return loss, logits, {"ce_loss": ce.detach(), "kd_loss": distill.detach()}
+            return self.bank(batch.images[:rows])[TEACHER_KEY].float()
+
+    def __call__(self, fwd: Forward, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
+        kd = self.cfg.method.kd
+        part = "images" if fwd.weak else "labeled"
+        logits = fwd.logits(part)
+        teacher = self.teacher_logits(fwd.batch, logits.shape[0])
+        distill = (losses.kd_legacy if kd.legacy else losses.kd)(logits, teacher, kd.temperature)
+        return kd.lam * distill, {"kd_loss": distill.detach()}

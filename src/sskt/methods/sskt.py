@@ -22,10 +22,9 @@ from torch import Tensor
 from sskt.config import AlphaSchedule, AuxLoss, SourceConfig, SSKTConfig, TrainConfig
 from sskt.data.spec import Batch
 from sskt.errors import UserError, check_choice
-from sskt.losses import aux_loss, primary_loss
-from sskt.methods import METHODS
-from sskt.methods.base import MethodContext, SingleNetMethod
-from sskt.models import build_target
+from sskt.losses import aux_loss
+from sskt.methods.base import MethodContext
+from sskt.methods.terms import Forward, Term, term_family
 from sskt.sources import SourceBank, build_source
 
 ALPHA_SCHEDULES = get_args(AlphaSchedule)
@@ -52,9 +51,11 @@ def source_keys(sources: list[SourceConfig]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
 
 
-@METHODS.register("sskt")
-class SSKT(SingleNetMethod):
-    """The target with one auxiliary head per source, trained on the primary loss plus the weighted aux losses."""
+@term_family("sskt")
+class AuxTerm(Term):
+    """SSKT's term: per source, its auxiliary head against the source's soft labels, on every row of the batch."""
+
+    reads_unlabeled = True
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
@@ -65,22 +66,19 @@ class SSKT(SingleNetMethod):
         check_choice("method.sskt.alpha_schedule", cfg.method.sskt.alpha_schedule, ALPHA_SCHEDULES)
 
     def __init__(self, ctx: MethodContext) -> None:
-        super().__init__(ctx)
-        self.keys = source_keys(self.cfg.sources)
-        self.weights = {k: s.weight for k, s in zip(self.keys, self.cfg.sources, strict=True)}
+        self.cfg = cfg = ctx.cfg
+        self.keys = source_keys(cfg.sources)
+        self.weights = {k: s.weight for k, s in zip(self.keys, cfg.sources, strict=True)}
         spec = ctx.spec
-        built = {k: build_source(s, spec.mean, spec.std) for k, s in zip(self.keys, self.cfg.sources, strict=True)}
-        self.bank = SourceBank(built, chunk=self.cfg.source_chunk)
-        self.primary = primary_loss(self.cfg.method.primary_loss)
-        self.aux = aux_loss(self.cfg.method.sskt.aux_loss)
+        built = {k: build_source(s, spec.mean, spec.std) for k, s in zip(self.keys, cfg.sources, strict=True)}
+        self.bank = SourceBank(built, chunk=cfg.source_chunk)
+        self.aux = aux_loss(cfg.method.sskt.aux_loss)
         self.aux_classes = {k: src.num_classes for k, src in built.items()}
-        # Declared (and so seeded) like scratch's target: the backbone starts from the same weights.
-        self.declare("target", lambda: build_target(self.cfg.model, spec.num_classes, self.aux_classes, self.cfg.head))
 
     def setup(self, fabric) -> None:
-        super().setup(fabric)
         # Sources are frozen: on the device, outside Fabric's wrapping, never in an optimizer.
         self.bank = self.bank.to(fabric.device)
+        self.fabric = fabric
 
     def source_logits(self, batch: Batch) -> dict[str, Tensor]:
         """Soft-label targets per source: cached in the batch when available, else computed online."""
@@ -89,16 +87,12 @@ class SSKT(SingleNetMethod):
         with self.fabric.autocast():
             return self.bank(batch.images)
 
-    def compute_loss(self, batch: Batch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        targets = self.source_logits(batch)
-        out = self.net(batch.images)
-        n = batch.num_labeled
-        logits = out.logits[:n]
-        primary = self.primary(logits, batch.labels)
-        alpha = alpha_at(self.cfg.method.sskt, self.epoch, self.cfg.epochs)
-        loss, logs = primary, {"primary_loss": primary.detach()}
+    def __call__(self, fwd: Forward, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
+        targets = self.source_logits(fwd.batch)
+        alpha = alpha_at(self.cfg.method.sskt, epoch, self.cfg.epochs)
+        loss, logs = 0.0, {}
         for key in self.keys:
-            aux = self.aux(out.aux_logits[key], targets[key].float(), self.cfg.method.sskt.temperature)
+            aux = self.aux(fwd.aux_logits(key), targets[key].float(), self.cfg.method.sskt.temperature)
             logs[f"aux_{key}"] = aux.detach()
             loss = loss + alpha * self.weights[key] * aux
-        return loss, logits, logs
+        return loss, logs

@@ -3,7 +3,8 @@
 A run directory written by ``sskt train`` holds ``config.yaml`` (which names the architecture and the dataset) and
 ``model.safetensors`` (the trained target, auxiliary heads included). A bare ``.safetensors``/``.pt`` state dict
 needs a ``config.yaml`` beside it for the same two facts. The source is the target's primary classifier: its label
-space is the target dataset's, and it expects images normalised with that dataset's mean/std.
+space is the target dataset's, and it expects images normalised with that dataset's mean/std. A linear-probe run
+(``method.name: probe``) is rebuilt as its config's source with the trained classifier on its features.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def _read_config(path: Path, what: str) -> dict[str, Any]:
         raise UserError(f"{what}: no {CONFIG} at {str(path)!r} (it names the architecture and the dataset)")
     try:
         cfg = RunDir(path.parent).read_config_dict()
-        return {"model": cfg["model"]["name"], "data": cfg["data"]}
+        method = (cfg.get("method") or {}).get("name", "scratch")
+        return {"model": cfg["model"]["name"], "data": cfg["data"], "method": method, "sources": cfg.get("sources")}
     except (yaml.YAMLError, KeyError, TypeError) as exc:
         raise UserError(f"{what}: {str(path)!r} has no model.name and data section ({type(exc).__name__})") from exc
 
@@ -81,7 +83,13 @@ def checkpoint_source(path: str, weights: str | None = None) -> Pretrained:
     cfg = _read_config(config_path, what)
     state = {k: v for k, v in state.items() if not k.startswith(AUX_PREFIX)}
     num_classes = _num_classes(state, what)
+    mean, std = _dataset_stats(cfg["data"], what)
+    if cfg["method"] == "probe":  # the run's source with its trained linear classifier (sskt.methods.probe)
+        from sskt.methods.probe import probe_from_run  # methods build on sources: imported when needed
+
+        if not cfg["sources"]:
+            raise UserError(f"{what}: a probe run's config has no sources")
+        return Pretrained(probe_from_run(cfg["sources"][0], (mean, std), state, what), mean, std, num_classes)
     net = build_target(ModelConfig(name=cfg["model"]), num_classes, {}, HeadConfig())
     load_into(net, state, what)
-    mean, std = _dataset_stats(cfg["data"], what)
     return Pretrained(net, mean, std, num_classes, None)
