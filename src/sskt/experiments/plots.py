@@ -44,8 +44,14 @@ def bar_chart(bars: Mapping[str, Mapping[str, Summary]], path: Path, title: str,
     return _save(fig, path)
 
 
-def learning_curves(curves: Mapping[str, tuple[Sequence[int], Sequence[Summary]]], path: Path, ylabel: str) -> Path:
-    """One line per group: the per-epoch mean over seeds with a band of +- one std."""
+def learning_curves(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[Summary]]],
+    path: Path,
+    ylabel: str,
+    xlabel: str = "epoch",
+    title: str | None = None,
+) -> Path:
+    """One line per group: the mean over seeds at each x (epoch, or minutes) with a band of +- one std."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
     for label, (epochs, stats) in curves.items():
@@ -56,7 +62,7 @@ def learning_curves(curves: Mapping[str, tuple[Sequence[int], Sequence[Summary]]
         lo = [s.mean - s.std for s in stats]
         hi = [s.mean + s.std for s in stats]
         ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set(xlabel="epoch", ylabel=ylabel, title=f"{ylabel} per epoch (mean +- std over seeds)")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title or f"{ylabel} per {xlabel} (mean +- std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)

@@ -17,6 +17,7 @@ from typing import Any
 from jsonargparse import ArgumentParser
 
 from sskt.errors import UserError, choice_error
+from sskt.experiments.budget import budget_section, time_plot
 from sskt.experiments.plots import bar_chart, learning_curves
 from sskt.experiments.runs import Run, collect_runs, provenance, slug
 from sskt.experiments.stats import PairedDiff, Summary, paired_diff, summarize
@@ -278,7 +279,8 @@ def write_plots(groups: Sequence[Group], rows: Sequence[Row], metric: str, out: 
         paths.append(bar_chart(bars, out / f"bars_{slug(axis)}.png", f"final {metric} by {axis}", metric, axis))
     curves = {g.label: curve(g, metric) for g in groups}
     paths.append(learning_curves(curves, out / f"curves_{metric}.png", metric))
-    return paths
+    timed = time_plot(groups, metric, selection_metric(metric), out)
+    return paths + ([timed] if timed else [])
 
 
 def write_report(
@@ -343,6 +345,7 @@ def _markdown(
         lines.append(f"{len(unfinished)} unfinished run directories ignored: {', '.join(p.name for p in unfinished)}")
     lines += ["", _INTRO.format(metric=metric, val=selection_metric(metric)), "", markdown_table(rows, metric), ""]
     lines += _chosen_by_validation(rows, metric)
+    lines += budget_section(rows, metric, selection_metric(metric))
     others = [m for m in rows[0].final if m != metric] if rows else []
     if others:
         lines += ["Other final-epoch metrics:", ""]

@@ -1,0 +1,111 @@
+"""What a gain costs: test accuracy against training time, and every group at equal training budgets.
+
+A run's figure at budget ``t`` is the test headline at the epoch its validation split chooses among the evaluated
+epochs whose cumulative training seconds (``train_seconds`` in records.jsonl; evaluation excluded) fit within
+``t``: what a user who stops training at ``t`` and keeps the validation-best checkpoint gets. The budgets of the
+table are the time at which scratch converged (the mean over its runs of the training seconds at their
+validation-chosen epoch), and 2x and 4x that. Times are as measured: runs that shared the machine ran slower.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from sskt.experiments.plots import learning_curves
+from sskt.experiments.runs import Run
+from sskt.experiments.stats import Summary, paired_diff, summarize
+
+BUDGET_FACTORS = (1, 2, 4)
+
+
+def timed_records(run: Run) -> list[dict]:
+    """The run's records with ``train_seconds``, summed from ``epoch_seconds`` for runs recorded before the field."""
+    total, out = 0.0, []
+    for record in run.records:
+        total += float(record.get("epoch_seconds") or 0.0)
+        out.append({"train_seconds": total, **record})
+    return out
+
+
+def at_budget(run: Run, seconds: float, val: str, test: str) -> float | None:
+    """``test`` at the validation-chosen epoch among those trained within ``seconds`` (None: none fits yet)."""
+    fits = [r for r in timed_records(run) if val in r and test in r and r["train_seconds"] <= seconds]
+    return max(fits, key=lambda r: r[val])[test] if fits else None  # max keeps the earliest of equal epochs
+
+
+def converged_seconds(run: Run) -> float | None:
+    """Training seconds up to the run's validation-chosen epoch."""
+    epoch = run.summary.get("best_epoch")
+    records = timed_records(run)
+    return records[epoch - 1]["train_seconds"] if isinstance(epoch, int) and 0 < epoch <= len(records) else None
+
+
+def time_curve(runs: Sequence[Run], val: str, test: str, points: int = 40) -> tuple[list[float], list[Summary]]:
+    """Minutes and the budget figure's summary over ``runs`` at each, from the time every run has a figure to
+    the longest run's end."""
+    if not runs:
+        return [], []
+    start = max(min(r["train_seconds"] for r in timed_records(run) if val in r) for run in runs)
+    end = max(timed_records(run)[-1]["train_seconds"] for run in runs)
+    grid = [start + (end - start) * i / (points - 1) for i in range(points)] if end > start else [start]
+    values = [[at_budget(run, t, val, test) for run in runs] for t in grid]
+    return [t / 60 for t in grid], [summarize([v for v in vs if v is not None]) for vs in values]
+
+
+def _timed(group) -> list[Run]:  # noqa: ANN001 - report.Group (imported there from here)
+    return [r for r in group.runs if any("val_acc" in rec or "val_ap" in rec for rec in r.records)]
+
+
+def reference_scratch(rows: Sequence, val: str):  # noqa: ANN201 - report.Row/Group (report imports this module)
+    """The scratch group validation prefers (highest ``val`` at its chosen epoch), or None."""
+    scratch = [r for r in rows if r.group.method == "scratch" and r.has_val_choice and val in r.best and r.best[val].n]
+    return max(scratch, key=lambda r: r.best[val].mean).group if scratch else None
+
+
+def budget_section(rows: Sequence, metric: str, val: str) -> list[str]:
+    """Markdown lines: every row's group at scratch's converged time and 2x, 4x it, with paired differences to
+    scratch at the same budget. Empty without a scratch group that chose its epochs on validation (the one
+    validation prefers, when a search holds several)."""
+    groups, scratch = [r.group for r in rows], reference_scratch(rows, val)
+    converged = [s for s in (converged_seconds(r) for r in scratch.runs) if s is not None] if scratch else []
+    if not converged:
+        return []
+    base = sum(converged) / len(converged)
+    budgets = [f * base for f in BUDGET_FACTORS]
+    head = " | ".join(f"{f}x = {b / 60:.1f} min" for f, b in zip(BUDGET_FACTORS, budgets, strict=True))
+    lines = [
+        "## At equal training time",
+        "",
+        f"`{metric}` at the epoch validation chooses among those trained within each budget; the budgets are the "
+        f"training time at which scratch converged ({base / 60:.1f} min, mean over {len(converged)} runs) and "
+        "2x and 4x that; `-` where no evaluated epoch fits. Differences pair by seed with scratch at the same budget.",
+        "",
+        f"| group | {head} |",
+        "|---|" + "---|" * len(budgets),
+    ]
+    for group in groups:
+        cells = []
+        for b in budgets:
+            mine = {r.seed: v for r in group.runs if (v := at_budget(r, b, val, metric)) is not None}
+            ref = {r.seed: v for r in scratch.runs if (v := at_budget(r, b, val, metric)) is not None}
+            if not mine:
+                cells.append("-")
+                continue
+            text = summarize(list(mine.values())).format()
+            if group is not scratch and len(set(mine) & set(ref)) >= 2:
+                text += f"; {paired_diff(mine, ref).format()}"
+            cells.append(text)
+        lines.append(f"| {group.label} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def time_plot(groups: Sequence, metric: str, val: str, out: Path) -> Path | None:  # noqa: ANN001
+    """``<metric>_vs_time.png``: every group's validation-chosen test figure against training minutes."""
+    curves = {g.label: time_curve(_timed(g), val, metric) for g in groups}
+    curves = {k: v for k, v in curves.items() if v[0] and not all(math.isnan(s.mean) for s in v[1])}
+    if not curves:
+        return None
+    title = f"{metric} at the validation-chosen epoch within the time (mean +- std over seeds)"
+    return learning_curves(curves, out / f"{metric}_vs_time.png", metric, xlabel="training minutes", title=title)

@@ -1,0 +1,72 @@
+"""Cost in reports: the validation-chosen test figure within a training budget, scratch's converged time, the
+equal-budget table and the accuracy-against-time figure, on fabricated run directories with known numbers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import yaml
+
+from sskt.config import SourceConfig, TrainConfig
+from sskt.experiments.budget import at_budget, converged_seconds
+from sskt.experiments.report import write_report
+from sskt.experiments.runs import load_run
+
+# (train_seconds, val_acc, test_acc) per evaluated epoch
+SCRATCH = [(5, 70, 71), (10, 80, 81), (15, 79, 80), (20, 78, 79)]  # validation chooses epoch 2, at 10 s
+SSKT = [(10, 60, 61), (20, 75, 76), (30, 85, 86), (40, 86, 87)]
+
+
+def _run(root: Path, method: str, seed: int, curve: list[tuple[int, int, int]]) -> Path:
+    cfg = TrainConfig(seed=seed, epochs=len(curve), out=str(root / f"{method}-seed{seed}"))
+    cfg.method.name = method
+    if method != "scratch":
+        cfg.sources = [SourceConfig(name="efficientnet_lite0.imagenet")]
+    run = Path(cfg.out)
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    records = [
+        {"epoch": e + 1, "epoch_seconds": 5.0, "train_seconds": t, "val_acc": v + seed, "test_acc": a + seed}
+        for e, (t, v, a) in enumerate(curve)
+    ]
+    (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    best = max(range(len(curve)), key=lambda i: curve[i][1])
+    summary = {
+        "final": {"val_acc": curve[-1][1] + seed, "test_acc": curve[-1][2] + seed},
+        "best": {"val_acc": curve[best][1] + seed, "test_acc": curve[best][2] + seed},
+        "best_epoch": best + 1,
+        "selected_by": "val_acc",
+        "wall_seconds": 60.0,
+        "train_seconds": curve[-1][0],
+        "seed": seed,
+        "method": method,
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_the_figure_within_a_budget_is_chosen_on_validation(tmp_path) -> None:
+    run = load_run(_run(tmp_path, "sskt", 0, SSKT))
+    assert at_budget(run, 5, "val_acc", "test_acc") is None, "no evaluated epoch fits in 5 s"
+    assert at_budget(run, 10, "val_acc", "test_acc") == 61
+    assert at_budget(run, 29, "val_acc", "test_acc") == 76
+    assert at_budget(run, 1000, "val_acc", "test_acc") == 87
+    assert converged_seconds(load_run(_run(tmp_path, "scratch", 0, SCRATCH))) == 10
+
+
+def test_report_tabulates_equal_budgets_and_plots_accuracy_against_time(tmp_path) -> None:
+    for seed in (0, 1):
+        _run(tmp_path, "scratch", seed, SCRATCH)
+        _run(tmp_path, "sskt", seed, SSKT)
+    text = write_report(tmp_path).read_text()
+    section = text.split("## At equal training time", 1)[1].split("Other final-epoch metrics", 1)[0]
+    assert "scratch converged (0.2 min, mean over 2 runs)" in section
+    lines = {line.split(" | ")[0].strip("| "): line for line in section.splitlines() if line.startswith("| ")}
+    # budgets 10, 20 and 40 s: scratch keeps its epoch-2 figure (81, 82 by seed); SSKT gets 61/62, 76/77, 87/88.
+    assert "| 81.50 +- 0.71 (2) | 81.50 +- 0.71 (2) | 81.50 +- 0.71 (2) |" in lines["scratch"]
+    sskt = lines["sskt"].split(" | ")[1:]
+    assert sskt[0].startswith("61.50 +- 0.71 (2); -20.00") and sskt[1].startswith("76.50 +- 0.71 (2); -5.00")
+    assert sskt[2].startswith("87.50 +- 0.71 (2); +6.00")
+    assert (tmp_path / "test_acc_vs_time.png").stat().st_size > 1000
