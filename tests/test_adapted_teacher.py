@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from sskt.config import SourceConfig
 from sskt.data import build_dataset
 from sskt.data.spec import Batch
-from sskt.engine import train
+from sskt.engine import evaluate, train
 from sskt.errors import UserError
 from sskt.methods import METHODS, MethodContext
 from sskt.methods.kd import TEACHER_KEY
@@ -61,6 +61,10 @@ def test_a_probe_run_is_a_teacher_with_the_runs_predictions(probe_run) -> None:
     x = torch.randn(5, 3, 16, 16)
     with torch.no_grad():
         assert torch.allclose(teacher.net(x).logits, method.networks["target"].raw(x).logits, atol=1e-5)
+
+
+def test_evaluate_rebuilds_a_probe_run(probe_run) -> None:
+    assert evaluate(probe_run["out"])["test_acc"] == pytest.approx(probe_run["summary"]["final"]["test_acc"])
 
 
 def _kd_cfg(colour_cfg, probe_run, out, cache: bool):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from sskt.engine.checkpoint import load_checkpoint
 from sskt.engine.evaluation import eval_splits, evaluate_splits
 from sskt.engine.weights import load_target_weights
 from sskt.methods import METHODS, MethodContext
+from sskt.methods.probe import probe_from_run
 from sskt.models import build_target
 from sskt.rundir import RunDir
 
@@ -31,8 +33,12 @@ def evaluate(path: str | Path, device: str | torch.device = "cpu") -> dict[str, 
     if path.suffix == ".pt":
         return _evaluate_checkpoint(cfg, spec, path, splits, device)
     state, aux_classes = load_target_weights(path if path.suffix == ".safetensors" else run.weights)
-    net = build_target(cfg.model, spec.num_classes, aux_classes, cfg.head)
-    net.load_state_dict(state)
+    if cfg.method.name == "probe":  # the source with its trained classifier, not cfg.model
+        what = f"run {str(run.root)!r}"
+        net = probe_from_run(dataclasses.asdict(cfg.sources[0]), (spec.mean, spec.std), state, what)
+    else:
+        net = build_target(cfg.model, spec.num_classes, aux_classes, cfg.head)
+        net.load_state_dict(state)
     return evaluate_splits({"": net.to(device)}, splits, spec.task, spec.num_classes, device)
 
 
