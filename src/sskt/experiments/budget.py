@@ -109,3 +109,53 @@ def time_plot(groups: Sequence, metric: str, val: str, out: Path) -> Path | None
         return None
     title = f"{metric} at the validation-chosen epoch within the time (mean +- std over seeds)"
     return learning_curves(curves, out / f"{metric}_vs_time.png", metric, xlabel="training minutes", title=title)
+
+
+def chosen_by_validation(rows: Sequence, val: str) -> list[str]:
+    """Markdown lines naming the group a search would pick: the highest validation headline at the chosen epoch."""
+    scored = [r for r in rows if r.has_val_choice and val in r.best and r.best[val].n]
+    if not scored:
+        return ["No run held out a validation split: nothing here is chosen without the test set.", ""]
+    top = max(scored, key=lambda r: r.best[val].mean)
+    return [
+        f"Chosen by validation: **{top.group.label}** has the highest `{val}` at its chosen epoch "
+        f"({top.best[val].format()}); the test columns report, they choose nothing.",
+        "",
+    ]
+
+
+REFERENCE_METHODS = ("probe",)
+"""Groups that are context, not competitors (the adapted teacher itself)."""
+
+
+def _by_val(rows: Sequence, val: str):  # noqa: ANN202 - report.Row
+    return max(rows, key=lambda r: r.best[val].mean)
+
+
+def strongest_section(rows: Sequence, metric: str, val: str) -> list[str]:
+    """Markdown lines: the SSKT-family group validation prefers against the strongest other group (the adapted
+    teacher excluded), and every group's paired difference to that baseline at its validation-chosen epoch."""
+    scored = [r for r in rows if r.has_val_choice and val in r.best and r.best[val].n]
+    family = [r for r in scored if "sskt" in r.group.method.split("+")]
+    others = [r for r in scored if r not in family and r.group.method not in REFERENCE_METHODS]
+    if not family or not others:
+        return []
+    top, rival = _by_val(family, val), _by_val(others, val)
+    diff = paired_diff(top.group.metric("best", metric), rival.group.metric("best", metric))
+    verdict = "above zero" if diff.n >= 2 and diff.low > 0 else "not above zero"
+    lines = [
+        "## Against the strongest baseline",
+        "",
+        f"Validation prefers **{top.group.label}** in the SSKT family (`{val}` {top.best[val].format()}) and "
+        f"**{rival.group.label}** among the other methods ({rival.best[val].format()}). Paired difference of "
+        f"`{metric}` at the validation-chosen epochs: **{diff.format()}**, an interval {verdict}.",
+        "",
+        f"| group | `{metric}` (validation-chosen epoch) | paired difference to {rival.group.label} |",
+        "|---|---|---|",
+    ]
+    ref = rival.group.metric("best", metric)
+    for r in scored:
+        mine = r.group.metric("best", metric)
+        text = paired_diff(mine, ref).format() if r is not rival and len(set(mine) & set(ref)) >= 2 else "-"
+        lines.append(f"| {r.group.label} | {r.best[metric].format()} | {text} |")
+    return lines + [""]

@@ -17,7 +17,7 @@ from typing import Any
 from jsonargparse import ArgumentParser
 
 from sskt.errors import UserError, choice_error
-from sskt.experiments.budget import budget_section, time_plot
+from sskt.experiments.budget import budget_section, chosen_by_validation, strongest_section, time_plot
 from sskt.experiments.plots import bar_chart, learning_curves
 from sskt.experiments.runs import Run, collect_runs, provenance, slug
 from sskt.experiments.stats import PairedDiff, Summary, paired_diff, summarize
@@ -344,8 +344,8 @@ def _markdown(
     if unfinished:
         lines.append(f"{len(unfinished)} unfinished run directories ignored: {', '.join(p.name for p in unfinished)}")
     lines += ["", _INTRO.format(metric=metric, val=selection_metric(metric)), "", markdown_table(rows, metric), ""]
-    lines += _chosen_by_validation(rows, metric)
-    lines += budget_section(rows, metric, selection_metric(metric))
+    val = selection_metric(metric)
+    lines += chosen_by_validation(rows, val) + budget_section(rows, metric, val) + strongest_section(rows, metric, val)
     others = [m for m in rows[0].final if m != metric] if rows else []
     if others:
         lines += ["Other final-epoch metrics:", ""]
@@ -356,20 +356,6 @@ def _markdown(
     if pictures:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.as_posix()})" for p in pictures] + [""]
     return "\n".join(lines)
-
-
-def _chosen_by_validation(rows: Sequence[Row], metric: str) -> list[str]:
-    """Markdown lines naming the group a search would pick: the highest validation headline at the chosen epoch."""
-    val = selection_metric(metric)
-    scored = [r for r in rows if r.has_val_choice and val in r.best and r.best[val].n]
-    if not scored:
-        return ["No run held out a validation split: nothing here is chosen without the test set.", ""]
-    top = max(scored, key=lambda r: r.best[val].mean)
-    return [
-        f"Chosen by validation: **{top.group.label}** has the highest `{val}` at its chosen epoch "
-        f"({top.best[val].format()}); the test columns report, they choose nothing.",
-        "",
-    ]
 
 
 def seed_list(text: str) -> list[int]:
