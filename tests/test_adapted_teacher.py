@@ -116,3 +116,14 @@ def test_probe_needs_exactly_one_source(colour_cfg, tmp_path) -> None:
     cfg = colour_cfg(tmp_path / "p", "probe")
     with pytest.raises(UserError, match="method 'probe' needs exactly one source.*got 0"):
         METHODS.get("probe").check(cfg)
+
+
+def test_a_probe_run_ships_and_predicts(probe_run) -> None:
+    from sskt.inference import load_network, sample_batch
+
+    net, card = load_network(probe_run["out"])
+    assert card.architecture == "probe" and card.source["name"] == LITE0.name
+    teacher = SOURCES.create(f"checkpoint:{probe_run['out']}")
+    x = sample_batch(card)
+    with torch.inference_mode():
+        assert torch.allclose(net(x), teacher.net(x).logits, atol=1e-5)

@@ -70,6 +70,46 @@ def list_command(argv: list[str]) -> int:
     return 0
 
 
+def predict_command(argv: list[str]) -> int:
+    """``sskt predict RUN_DIR IMAGE|FOLDER... [--topk K] [--json]``: the top classes of each image."""
+    from sskt.inference import collect_images, load_network, predict
+
+    parser = ArgumentParser(prog="sskt predict", description="Top classes of images.", exit_on_error=False)
+    parser.add_argument("run", type=str, help="Run directory (holds model.safetensors and model.json).")
+    parser.add_argument("images", type=str, nargs="+", help="Image files and/or folders of images (any depth).")
+    parser.add_argument("--topk", type=int, default=5, help="Classes shown per image.")
+    parser.add_argument("--batch_size", type=int, default=64, help="Images per forward pass.")
+    parser.add_argument("--json", action="store_true", help="One JSON object per image instead of text.")
+    args = parser.parse_args(argv)
+    if args.topk < 1 or args.batch_size < 1:
+        raise UserError(f"--topk and --batch_size must be at least 1, got {args.topk} and {args.batch_size}")
+    net, card = load_network(args.run)
+    failed = 0
+    for path, result in predict(collect_images(args.images), net, card, args.topk, args.batch_size):
+        if isinstance(result, str):
+            failed += 1
+            print(f"error: {result}", file=sys.stderr)
+        elif args.json:
+            print(json.dumps({"file": str(path), "top": [{"class": c, "probability": p} for c, p in result]}))
+        else:
+            print(f"{path}: " + ", ".join(f"{c} {p:.3f}" for c, p in result))
+    return 2 if failed else 0
+
+
+def export_command(argv: list[str]) -> int:
+    """``sskt export RUN_DIR --format onnx|torchscript|safetensors --out FILE``, with a parity check."""
+    from sskt.inference import EXPORTERS, export
+
+    parser = ArgumentParser(prog="sskt export", description="Export a trained network.", exit_on_error=False)
+    parser.add_argument("run", type=str, help="Run directory (holds model.safetensors and model.json).")
+    parser.add_argument("--format", type=str, required=True, help=f"One of: {', '.join(EXPORTERS)}.")
+    parser.add_argument("--out", type=str, required=True, help="File to write.")
+    args = parser.parse_args(argv)
+    check_choice("export format", args.format, EXPORTERS)
+    print(json.dumps(export(args.run, args.format, args.out)))
+    return 0
+
+
 def curves_command(argv: list[str]) -> int:
     return curves_main(argv)
 
@@ -115,6 +155,8 @@ COMMANDS: dict[str, Command] = {
     "grid": grid_command,
     "report": report_command,
     "cache": cache_command,
+    "predict": predict_command,
+    "export": export_command,
 }
 
 

@@ -22,6 +22,7 @@ from sskt.config import TrainConfig
 from sskt.config_io import config_changes, config_to_dict, drop_retired, load_config, save_config
 from sskt.errors import UserError
 from sskt.files import write_text_atomic
+from sskt.modelcard import MODEL_CARD
 
 RECORDS = "records.jsonl"
 SUMMARY = "summary.json"
@@ -41,6 +42,7 @@ class RunDir:
         self.config = self.root / CONFIG
         self.checkpoint = self.root / CHECKPOINT
         self.weights = self.root / WEIGHTS
+        self.model_card = self.root / MODEL_CARD
         self.tb = self.root / "tb"
 
     @classmethod

@@ -22,8 +22,9 @@ from sskt.engine.progress import EpochProgress, epoch_line
 from sskt.engine.records import git_commit, versions
 from sskt.engine.seeding import rng_state, seed_everything, set_rng_state
 from sskt.engine.soft_cache import attach_cache
-from sskt.engine.weights import save_target_weights
+from sskt.engine.weights import model_card, save_target_weights
 from sskt.methods import METHODS, Method, MethodContext
+from sskt.modelcard import write_model_card
 from sskt.rundir import RunDir
 
 
@@ -112,7 +113,7 @@ def _train(cfg: TrainConfig, run: RunDir, fabric: Fabric, parts: tuple, started:
     # A resumed run that had already finished still reports the trained networks' final metrics.
     if not metrics:
         metrics = evaluate_splits(method.evaluated(), splits, spec.task, spec.num_classes, fabric.device)
-    return finish(cfg, run, fabric, method, state, metrics, selectors)
+    return finish(cfg, run, fabric, method, state, metrics, selectors, spec)
 
 
 def epoch_selectors(task: str, splits: dict) -> dict[str, str]:
@@ -217,9 +218,17 @@ def restore(run: RunDir, method: Method) -> dict:
 
 
 def finish(
-    cfg: TrainConfig, run: RunDir, fabric: Fabric, method: Method, state: dict, final: dict, selectors: dict
+    cfg: TrainConfig,
+    run: RunDir,
+    fabric: Fabric,
+    method: Method,
+    state: dict,
+    final: dict,
+    selectors: dict,
+    spec: DatasetSpec,
 ) -> dict:
-    """Write ``model.safetensors`` and ``summary.json``; return the summary.
+    """Write ``model.safetensors`` and ``model.json`` (the inference boundary), then ``summary.json``; return the
+    summary.
 
     ``best`` (every metric at the epoch with the best validation headline), ``best_epoch`` and ``selected_by`` exist
     only with a validation split. ``best_test_oracle`` is the epoch with the best test headline: chosen on the test
@@ -240,6 +249,7 @@ def finish(
     }
     if fabric.is_global_zero:
         save_target_weights(method, run.weights)
+        write_model_card(run.model_card, model_card(cfg, spec))
         run.write_summary(summary)
     fabric.barrier()
     return summary

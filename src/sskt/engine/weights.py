@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,23 +11,30 @@ from safetensors import safe_open
 from safetensors.torch import save
 from torch import nn
 
+from sskt import __version__
+from sskt.config import TrainConfig
+from sskt.data.datasets import stored_shape
+from sskt.data.spec import DatasetSpec
 from sskt.errors import UserError
 from sskt.files import write_atomic
 from sskt.methods import Method
+from sskt.modelcard import ModelCard
 
 
 def target_of(method: Method) -> nn.Module:
-    """The run's headline network: the first one the method trains."""
-    return next(iter(method.trained().values()))
+    """The run's headline network: the one evaluated under the empty prefix (FixMatch's weight average), else the
+    first one the method trains."""
+    return method.evaluated().get("") or next(iter(method.trained().values()))
 
 
 def save_target_weights(method: Method, path: str | Path) -> None:
-    """Save the target's state dict (auxiliary heads included); the metadata records the heads' class counts."""
+    """Save the network inference needs: the target without its auxiliary heads (they stay in the training
+    checkpoint, ``checkpoints/last.pt``); the metadata's ``aux_classes`` is the heads this file holds ({})."""
     net = target_of(method)
+    state = net.primary_state_dict() if hasattr(net, "primary_state_dict") else net.state_dict()
     # Clone: safetensors refuses tensors that share storage (tied or viewed parameters).
-    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in net.state_dict().items()}
-    # Class counts of the aux heads let ``evaluate`` rebuild the same Target without building the sources.
-    meta = {"aux_classes": json.dumps(dict(method.aux_classes))}
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
+    meta = {"aux_classes": "{}", "trained_aux_classes": json.dumps(dict(method.aux_classes))}
     write_atomic(path, lambda f: f.write(save(tensors, metadata=meta)))
 
 
@@ -42,3 +50,23 @@ def load_target_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
     except Exception as exc:  # safetensors raises its own error types for foreign or truncated files
         raise UserError(f"weights file {str(path)!r} cannot be read: {type(exc).__name__}") from exc
     return state, json.loads(meta.get("aux_classes", "{}"))
+
+
+def model_card(cfg: TrainConfig, spec: DatasetSpec) -> ModelCard:
+    """The facts ``model.safetensors`` needs beside it to be used without the training set-up."""
+    channels, h, w = stored_shape(spec.train)
+    probe = cfg.method.name == "probe"
+    return ModelCard(
+        architecture="probe" if probe else cfg.model.name,
+        task=spec.task,
+        num_classes=spec.num_classes,
+        class_names=list(spec.class_names),
+        mean=[float(v) for v in spec.mean],
+        std=[float(v) for v in spec.std],
+        input_size=int(spec.image_size),
+        stored_size=[int(h), int(w)],
+        channels=int(channels),
+        method=cfg.method.name,
+        source=dataclasses.asdict(cfg.sources[0]) if probe else None,
+        sskt_version=__version__,
+    )

@@ -18,6 +18,7 @@ from sskt.config import DataConfig, HeadConfig, ModelConfig
 from sskt.data import build_dataset
 from sskt.data.datasets import STATS
 from sskt.errors import UserError
+from sskt.modelcard import MODEL_CARD, read_model_card
 from sskt.models import build_target
 from sskt.rundir import CONFIG, RunDir
 from sskt.sources.base import SOURCES, Pretrained
@@ -80,7 +81,13 @@ def checkpoint_source(path: str, weights: str | None = None) -> Pretrained:
     if weights is not None:
         weights_path = Path(weights)
     state = load_state_file(weights_path, what)
-    cfg = _read_config(config_path, what)
+    card_path = config_path.parent / MODEL_CARD
+    if card_path.is_file():  # a run finished by this version: its card says all, no dataset is built
+        card = read_model_card(card_path)
+        cfg = {"model": card.architecture, "method": card.method, "sources": [card.source], "data": {}}
+        cfg["data"] = {"mean": card.mean, "std": card.std}
+    else:
+        cfg = _read_config(config_path, what)
     state = {k: v for k, v in state.items() if not k.startswith(AUX_PREFIX)}
     num_classes = _num_classes(state, what)
     mean, std = _dataset_stats(cfg["data"], what)
