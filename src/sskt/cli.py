@@ -13,6 +13,7 @@ anywhere on the command line shows the traceback instead.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -39,7 +40,8 @@ def train_command(argv: list[str]) -> int:
     cfg = parse_train_args(argv)
     summary = train(cfg)
     chosen = {k: summary[k] for k in ("best", "best_epoch", "selected_by") if k in summary}
-    print(json.dumps({"out": cfg.out, "final": summary["final"], **chosen}))
+    if os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0":  # one line, not one per process
+        print(json.dumps({"out": cfg.out, "final": summary["final"], **chosen}))
     return 0
 
 

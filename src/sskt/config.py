@@ -291,7 +291,11 @@ class TrainConfig:
     num_nodes: int = 1
     """Nodes."""
     strategy: str = "auto"
-    """Fabric strategy ('auto', 'ddp')."""
+    """Fabric strategy ('auto', 'ddp'). With several processes each takes rows [rank::world] of every global batch
+    of data.batch_size rows; scale optim.lr with the global batch, not with the number of processes."""
+    sync_batchnorm: bool = False
+    """With several processes, compute BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only in
+    PyTorch); False normalises each process's rows with their own statistics."""
     precision: Precision = "32-true"
     """Fabric precision ('32-true', 'bf16-mixed', '16-mixed')."""
     channels_last: bool = False

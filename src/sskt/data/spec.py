@@ -73,6 +73,30 @@ class Batch:
     def num_unlabeled(self) -> int:
         return self.images.shape[0] - self.num_labeled
 
+    def shard(self, rank: int, world: int) -> Batch:
+        """This process's part of a global batch under data parallelism: labelled rows ``[rank::world]`` and
+        unlabelled rows ``[rank::world]`` (their strong views and cached logits alike), so the ranks' rows are
+        disjoint and together the whole batch. When a batch has fewer labelled rows than processes (a small last
+        batch), every rank keeps all of them: the averaged gradient is still the batch's."""
+        if world == 1:
+            return self
+        n = self.num_labeled
+        lab = torch.arange(n)
+        lab = lab[rank::world] if n >= world else lab
+        unl = torch.arange(n, len(self.indices))[rank::world]
+        rows = torch.cat([lab, unl]).to(self.images.device)
+        soft = None if self.soft is None else {k: v[rows.to(v.device)] for k, v in self.soft.items()}
+        strong = None if self.strong is None else self.strong[(unl - n).to(self.strong.device)]
+        return Batch(
+            images=self.images[rows],
+            labels=self.labels[lab.to(self.labels.device)],
+            indices=self.indices[rows.to(self.indices.device)],
+            num_labeled=len(lab),
+            aug_params=None if self.aug_params is None else self.aug_params[rows.to(self.aug_params.device)],
+            soft=soft,
+            strong=strong,
+        )
+
     def to(self, device: torch.device) -> Batch:
         soft = None if self.soft is None else {k: v.to(device, non_blocking=True) for k, v in self.soft.items()}
         return Batch(

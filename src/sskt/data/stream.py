@@ -172,6 +172,7 @@ class TrainStream:
         self.strong: Augment | None = None
         self.provider: ViewProvider | None = None
         self._resident: dict[str, Tensor] = {}
+        self.rank, self.world = 0, 1
 
     @property
     def labeled_indices(self) -> Tensor:
@@ -190,6 +191,11 @@ class TrainStream:
 
     def __len__(self) -> int:
         return math.ceil(len(self.labeled.indices) / self.batch_size)
+
+    def shard(self, rank: int, world: int) -> None:
+        """Under data parallelism: every epoch draws the same global batches on every rank (the same (seed, epoch)
+        streams), and this rank trains on ``Batch.shard(rank, world)`` of each."""
+        self.rank, self.world = rank, world
 
     def enable_strong_views(self, cfg: TrainConfig) -> None:
         """Add FixMatch's strong view (``cfg.method.fixmatch``) of every unlabelled row as ``Batch.strong``."""
@@ -216,7 +222,7 @@ class TrainStream:
             strong_gen = epoch_generator(self.seed, epoch, "unlabeled_strong")
             parts.append(self._rows(self.unlabeled, list(drawn.split(sizes)), aug_gen, views_gen, strong_gen))
         for rows in zip(*parts, strict=True):
-            yield self._batch(rows)
+            yield self._batch(rows).shard(self.rank, self.world)
 
     def _rows(self, pool: Pool, batches: list[Tensor], aug_gen, views_gen, strong_gen=None):
         """Yield ``(indices, images float normalised, params, soft, strong view or None)`` for each index batch

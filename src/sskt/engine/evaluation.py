@@ -114,14 +114,26 @@ class TestBatches(EvalBatches):
 
 
 def eval_splits(
-    spec: DatasetSpec, val_indices: Tensor, batch_size: int, device: torch.device | None = None, workers: int = 0
+    spec: DatasetSpec,
+    val_indices: Tensor,
+    batch_size: int,
+    device: torch.device | None = None,
+    workers: int = 0,
+    rank: int = 0,
+    world: int = 1,
 ) -> dict[str, EvalBatches]:
     """The splits every evaluation measures, by metric prefix: 'val' (the training images at ``val_indices``, when
-    there are any) and 'test'."""
+    there are any) and 'test'. Under data parallelism each rank measures rows ``[rank::world]`` of each split;
+    the metrics (torchmetrics) reduce over the ranks when they are computed."""
     splits: dict[str, EvalBatches] = {}
     if len(val_indices):
-        splits["val"] = EvalBatches(spec, SubsetImageSet(spec.train, val_indices), batch_size, device, workers)
-    splits["test"] = TestBatches(spec, batch_size, device, workers)
+        val = val_indices[rank::world]
+        splits["val"] = EvalBatches(spec, SubsetImageSet(spec.train, val), batch_size, device, workers)
+    if world == 1:
+        splits["test"] = TestBatches(spec, batch_size, device, workers)
+    else:
+        test = SubsetImageSet(spec.test, torch.arange(len(spec.test))[rank::world])
+        splits["test"] = EvalBatches(spec, test, batch_size, device, workers)
     return splits
 
 

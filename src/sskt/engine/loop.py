@@ -75,7 +75,10 @@ def _train(cfg: TrainConfig, run: RunDir, fabric: Fabric, parts: tuple, started:
     spec, stream, method = parts
     if fabric.is_global_zero:
         run.prepare(cfg)
-    splits = eval_splits(spec, stream.val_indices, cfg.data.eval_batch_size, fabric.device, cfg.data.num_workers)
+    splits = eval_splits(
+        spec, stream.val_indices, cfg.data.eval_batch_size, fabric.device, cfg.data.num_workers,
+        fabric.global_rank, fabric.world_size,
+    )  # fmt: skip
     selectors = epoch_selectors(spec.task, splits)
 
     # Resume: weights, optimizers, schedules, RNG states, best-so-far; the stream replays from (seed, epoch).
@@ -150,6 +153,7 @@ def build_parts(cfg: TrainConfig, fabric: Fabric) -> tuple[DatasetSpec, TrainStr
     seed_everything(cfg.seed)
     spec = build_dataset(cfg.data)
     stream = TrainStream(spec, cfg, device=fabric.device)
+    stream.shard(fabric.global_rank, fabric.world_size)
     strong_views = getattr(METHODS.get(cfg.method.name), "strong_views", lambda: False)()
     if cfg.cache.enabled:  # replay stored views and their cached source logits (built first when allowed)
         attach_cache(cfg, spec, stream, fabric)
@@ -185,7 +189,8 @@ def train_epoch(fabric: Fabric, method: Method, stream: TrainStream, epoch: int)
                 bar.advance(batch.images.shape[0])
     method.end_epoch(epoch)
     seconds = time.perf_counter() - start
-    # One all-reduce per epoch: the mean over every device's steps.
+    # One all-reduce per epoch: the mean over every device's steps, and the rows all of them processed.
+    images = int(fabric.all_reduce(torch.tensor(float(images), device=fabric.device), reduce_op="sum").item())
     means = fabric.all_reduce(sums, reduce_op="mean")
     means = {k: (v / counts[k]).item() for k, v in means.items()}
     return {

@@ -114,6 +114,8 @@ class Method:
         """Every declared network: channels-last when asked, one SGD optimizer, ``fabric.setup``, its schedule."""
         self.fabric = fabric
         for network in self.networks.values():
+            if self.cfg.sync_batchnorm and fabric.world_size > 1:
+                network.raw = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network.raw)
             if self.cfg.channels_last:
                 network.raw = network.raw.to(memory_format=torch.channels_last)
             opt = build_sgd([p for p in network.raw.parameters() if p.requires_grad], network.optim)

@@ -26,6 +26,7 @@ statistics there and ``f``'s running statistics are left exactly as the real upd
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -150,9 +151,16 @@ class MAXL(Method):
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
-        """The generator, when given, names a registered model."""
+        """The generator, when given, names a registered model; the exact second-order step runs in one process."""
         if cfg.method.maxl.generator is not None:
             MODELS.require(cfg.method.maxl.generator, "model (method.maxl.generator)")
+        world = max(cfg.devices * cfg.num_nodes, int(os.environ.get("WORLD_SIZE", "1")))
+        if cfg.method.maxl.second_order and world > 1:
+            raise UserError(
+                f"method.maxl.second_order differentiates through each process's own virtual step, which no "
+                f"gradient sync makes the global batch's; with {world} processes set method.maxl.second_order "
+                "false (the first-order estimate, averaged over processes) or train in one process"
+            )
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
