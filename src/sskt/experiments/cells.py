@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sskt.rundir import RunDir
@@ -113,3 +114,14 @@ def threads_per_cell(jobs: int, threads: int | None = None) -> int:
     if threads is not None:
         return threads
     return max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+
+@dataclass
+class GridResult:
+    """What a grid run did, by cell name."""
+
+    skipped: list[str] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
+    failed: dict[str, int] = field(default_factory=dict)
+    busy: list[str] = field(default_factory=list)
+    """Cells another live grid process was running: left to it."""

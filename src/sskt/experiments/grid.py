@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentParser, set_parsing_settings
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -51,12 +51,22 @@ from rich.progress import (
 
 from sskt.config import TrainConfig
 from sskt.config_io import flatten, read_yaml
-from sskt.errors import UserError, choice_error
-from sskt.experiments.cells import CellRunner, cell_state, claim, release, subprocess_runner, threads_per_cell
+from sskt.errors import UserError, check_choice, choice_error
+from sskt.experiments.cells import (
+    CellRunner,
+    GridResult,
+    cell_state,
+    claim,
+    release,
+    subprocess_runner,
+    threads_per_cell,
+)
 from sskt.experiments.drift import changes_if_run, check_cells
 from sskt.experiments.runs import slug
+from sskt.experiments.slurm import SlurmOptions, submit_grid
 
 GRID_KEYS = ("base", "axes", "seeds", "out")
+LAUNCHERS = ("local", "slurm")
 COUPLED_KEYS = ("label", "config")
 
 
@@ -247,17 +257,6 @@ def train_argv(cell: Cell, cell_dir: Path, threads: int | None = None, resume: b
 
 
 # --- running --------------------------------------------------------------------------------------------------
-@dataclass
-class GridResult:
-    """What a grid run did, by cell name."""
-
-    skipped: list[str] = field(default_factory=list)
-    finished: list[str] = field(default_factory=list)
-    failed: dict[str, int] = field(default_factory=dict)
-    busy: list[str] = field(default_factory=list)
-    """Cells another live grid process was running: left to it."""
-
-
 def select(cells: list[Cell], only: list[str] | None = None, seed_major: bool = False) -> list[Cell]:
     """The cells whose names match one of the ``only`` globs (all when None), ordered by seed first when
     ``seed_major`` (every setting gets seed 0 before any gets seed 1: a grid stopped early is still balanced)."""
@@ -268,6 +267,21 @@ def select(cells: list[Cell], only: list[str] | None = None, seed_major: bool = 
                             + (", ..." if len(cells) > 6 else ""))  # fmt: skip
         cells = picked
     return sorted(cells, key=lambda c: c.seed) if seed_major else cells
+
+
+def run_one(cell: Cell, root: Path, threads: int, runner: CellRunner = subprocess_runner) -> int | str:
+    """Run one cell under its lock: 'busy' when another process holds it, 'done' when it has finished meanwhile,
+    else the runner's exit status (a cell with a checkpoint resumes). Every launcher runs cells through this."""
+    cell_dir = root / cell.name
+    if not claim(cell_dir):
+        return "busy"
+    try:
+        state = cell_state(cell_dir)  # again, under the lock: another process may have finished it meanwhile
+        if state == "done":
+            return "done"
+        return runner(train_argv(cell, cell_dir, threads, resume=state == "resume"), cell_dir, threads)
+    finally:
+        release(cell_dir)
 
 
 def run_grid(
@@ -294,16 +308,7 @@ def run_grid(
     console.print(f"grid: {len(todo)} cells to run, {len(result.skipped)} already done, {jobs} at a time -> {root}")
 
     def run_cell(cell: Cell) -> int | str:
-        cell_dir = root / cell.name
-        if not claim(cell_dir):
-            return "busy"
-        try:
-            state = cell_state(cell_dir)  # again, under the lock: another process may have finished it meanwhile
-            if state == "done":
-                return "done"
-            return runner(train_argv(cell, cell_dir, threads, resume=state == "resume"), cell_dir, threads)
-        finally:
-            release(cell_dir)
+        return run_one(cell, root, threads, runner)
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     pool = ThreadPoolExecutor(jobs)
@@ -371,7 +376,11 @@ def grid_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", type=str | None, default=None, help="comma-separated globs of cells ('kd-*,*-seed0')")
     parser.add_argument("--seed-major", action="store_true", help="run every setting's seed 0 first, then seed 1...")
     parser.add_argument("--dry-run", action="store_true", help="print each cell's state and command, run nothing")
+    parser.add_argument("--launcher", type=str, default="local", help="'local' (subprocesses here) or 'slurm'")
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # each SlurmOptions field's docstring is its help
+    parser.add_class_arguments(SlurmOptions, "slurm", help="SLURM resources per cell (with --launcher slurm)")
     args = parser.parse_args(argv)
+    check_choice("launcher", args.launcher, LAUNCHERS)
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):
         raise UserError(f"--jobs and --threads must be >= 1, got {args.jobs} and {args.threads}")
     grid = load_grid(args.config)
@@ -380,6 +389,8 @@ def grid_main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print("\n".join(dry_run(grid, out, args.jobs, cells, args.threads)))
         return 0
+    if args.launcher == "slurm":
+        return submit_grid(args.config, grid, out, cells, SlurmOptions(**vars(args.slurm)))
     result = run_grid(grid, out, args.jobs, cells=cells, threads=args.threads)
     if result.busy:
         print(f"{len(result.busy)} cell(s) left to the grid process running them: {', '.join(result.busy)}")
