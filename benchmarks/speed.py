@@ -6,8 +6,11 @@ source online, the cache build, and an SSKT run replaying the cache, all for ``-
 training-epoch wall time (evaluation timed apart), the cache build time, their ratios to scratch, test accuracy as
 mean +- std over seeds, and a micro-benchmark of the source forward (a straightforward per-batch forward against the
 fast path: inference mode, channels-last, bf16 autocast). ``--json PATH`` writes every figure as one JSON object.
+``--device cuda`` trains on the GPU, once per precision (``32-true`` and ``bf16-mixed``: autocast off and on), and
+adds images per second and the GPU's mean utilisation (``torch.cuda.utilization``, which needs pynvml).
 
     .venv/bin/python benchmarks/speed.py --json speed.json
+    .venv/bin/python benchmarks/speed.py --device cuda --epochs 4 --json speed_cuda.json
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -43,7 +47,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     p.add_argument("--out", default=None, help="Folder for runs and the cache (default: a temporary folder).")
     p.add_argument("--json", default=None, help="Write the figures as one JSON object to this file.")
-    return p.parse_args(argv)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="Where the runs train.")
+    p.add_argument(
+        "--precisions", nargs="+", default=None,
+        help="Fabric precisions to compare (default: 32-true on CPU; 32-true and bf16-mixed on CUDA, bf16 autocast "
+        "off and on).",
+    )  # fmt: skip
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible to torch here")
+    args.precisions = args.precisions or (["32-true", "bf16-mixed"] if args.device == "cuda" else ["32-true"])
+    return args
 
 
 def trimmed_copy(args: argparse.Namespace, out: Path) -> str:
@@ -75,7 +89,7 @@ def trimmed_copy(args: argparse.Namespace, out: Path) -> str:
 def make_cfg(args: argparse.Namespace, seed: int, out: Path, method: str, cached: bool) -> TrainConfig:
     """One run of the comparison; only ``method`` and the cache switch differ between the three kinds."""
     cfg = TrainConfig(seed=seed, epochs=args.epochs, out=str(out), progress=False, eval_every=args.epochs)
-    cfg.threads = args.threads
+    cfg.threads, cfg.accelerator, cfg.precision = args.threads, args.device, args.precision
     cfg.data.root, cfg.data.download = args.data_root, False
     cfg.data.labels_per_class, cfg.data.batch_size = args.labels_per_class, args.batch_size
     cfg.optim.lr, cfg.optim.schedule = 0.05, "cosine"
@@ -86,14 +100,50 @@ def make_cfg(args: argparse.Namespace, seed: int, out: Path, method: str, cached
     return cfg
 
 
+class GpuSampler:
+    """The GPU's utilisation (%), sampled every 0.5 s in a thread while a run trains (None off CUDA or without
+    NVML: ``torch.cuda.utilization`` needs pynvml)."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.samples, self._stop = device, [], threading.Event()
+
+    def __enter__(self) -> GpuSampler:
+        if self.device == "cuda":
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                self.samples.append(float(torch.cuda.utilization()))
+            except Exception:  # no NVML: no figure, not a failure
+                return
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.mean(self.samples) if self.samples else None
+
+
 def timed_run(cfg: TrainConfig) -> dict:
-    """Train; return the mean training-epoch seconds, the rest of the wall time (evaluation, checkpoints), accuracy."""
+    """Train; return the mean training-epoch seconds, the rest of the wall time (evaluation, checkpoints), accuracy,
+    images per second and the GPU's mean utilisation."""
     started = time.perf_counter()
-    summary = train(cfg)
+    with GpuSampler(cfg.accelerator) as gpu:
+        summary = train(cfg)
     wall = time.perf_counter() - started
     records = [json.loads(line) for line in (Path(cfg.out) / "records.jsonl").read_text().splitlines()]
     epochs = [r["epoch_seconds"] for r in records]
-    return {"epoch_s": statistics.mean(epochs), "other_s": wall - sum(epochs), "acc": summary["final"]["test_acc"]}
+    return {
+        "epoch_s": statistics.mean(epochs),
+        "other_s": wall - sum(epochs),
+        "acc": summary["final"]["test_acc"],
+        "images_per_s": statistics.mean(r["images_per_second"] for r in records),
+        "gpu_util": gpu.mean,
+    }
 
 
 def build_time(cfg: TrainConfig) -> tuple[float, float]:
@@ -164,6 +214,9 @@ def run_all(args: argparse.Namespace, root: Path) -> dict:
             figures.update(
                 {f"{kind}_epoch_s": run["epoch_s"], f"{kind}_other_s": run["other_s"], f"{kind}_acc": run["acc"]}
             )
+            figures[f"{kind}_images_per_s"] = run["images_per_s"]
+            if run["gpu_util"] is not None:
+                figures[f"{kind}_gpu_util"] = run["gpu_util"]
             print(f"seed {seed} {kind}: epoch {run['epoch_s']:.1f} s, eval+other {run['other_s']:.1f} s, "
                   f"acc {run['acc']:.2f}", flush=True)  # fmt: skip
         for k, v in figures.items():
@@ -187,6 +240,8 @@ def summarise(args: argparse.Namespace, per: dict[str, list[float]], paths: dict
         online_over_scratch=res["online_epoch_s"] / res["scratch_epoch_s"],
         naive_online_over_scratch=(res["scratch_epoch_s"] + steps * paths["naive"]) / res["scratch_epoch_s"],
         build_over_online_source=res["cache_build_s"] / (args.views * source_epoch),
+        device=args.device,
+        precision=args.precision,
         machine={
             "platform": platform.platform(),
             "cpu_threads": torch.get_num_threads(),
@@ -207,11 +262,14 @@ def summarise(args: argparse.Namespace, per: dict[str, list[float]], paths: dict
 
 def report(res: dict) -> None:
     print(f"\nFashion-MNIST, resnet20, {SOURCE}; {res['epochs']} epochs, K={res['views']}, seeds {res['seeds']}")
-    print(f"{'run':<9}{'epoch s':>9}{'x scratch':>11}{'eval+other s':>14}{'test acc %':>18}")
+    print(f"{'run':<9}{'epoch s':>9}{'x scratch':>11}{'img/s':>9}{'gpu %':>7}{'eval+other s':>14}{'test acc %':>18}")
     for kind in ("scratch", "online", "cached"):
         ratio = res[f"{kind}_epoch_s"] / res["scratch_epoch_s"]
         acc = f"{res[f'{kind}_acc']:.2f} +- {res[f'{kind}_acc_std']:.2f}"
-        print(f"{kind:<9}{res[f'{kind}_epoch_s']:>9.2f}{ratio:>11.3f}{res[f'{kind}_other_s']:>14.1f}{acc:>18}")
+        util = res.get(f"{kind}_gpu_util")
+        util = f"{util:>7.0f}" if util is not None else f"{'-':>7}"
+        print(f"{kind:<9}{res[f'{kind}_epoch_s']:>9.2f}{ratio:>11.3f}{res[f'{kind}_images_per_s']:>9.0f}{util}"
+              f"{res[f'{kind}_other_s']:>14.1f}{acc:>18}")  # fmt: skip
     print(f"cache build {res['cache_build_s']:.1f} s ({res['cache_mb']:.1f} MB) = "
           f"{res['build_over_online_source']:.2f} x (K x online source time per epoch)")  # fmt: skip
     paths = ", ".join(f"{k} {v:.3f}" for k, v in res["source_batch_s"].items())
@@ -224,16 +282,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    results = {}
     with tempfile.TemporaryDirectory(prefix="sskt-speed-") as tmp:
         root = Path(args.out or tmp)
         args.data_root = trimmed_copy(args, root / "fmnist")
-        per = run_all(args, root)
-    paths = source_paths(args)
-    steps = -(-args.labels_per_class * 10 // args.batch_size)
-    res = summarise(args, per, paths, steps)
-    report(res)
+        paths = source_paths(args)
+        steps = -(-args.labels_per_class * 10 // args.batch_size)
+        for precision in args.precisions:  # one comparison per precision (bf16 autocast off and on)
+            args.precision = precision
+            print(f"--- {args.device}, precision {precision}", flush=True)
+            results[precision] = summarise(args, run_all(args, root / precision), paths, steps)
+            report(results[precision])
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
+        one = len(results) == 1
+        Path(args.json).write_text(json.dumps(next(iter(results.values())) if one else results, indent=1))
     return 0
 
 
