@@ -104,6 +104,21 @@ def test_a_killed_two_process_run_resumes_to_the_same_result(one_and_two, tmp_pa
     assert [r["epoch"] for r in run.read_records()] == [1, 2]
 
 
+def test_dml_peers_stay_correct_under_two_processes(small_fmnist, tmp_path) -> None:
+    """Both DML networks (each its own DDP module) train the weights of the one-process run."""
+    dml = ["--method.name", "dml", "--method.dml.peers", '["timm:test_convnext"]']
+    for devices in (1, 2):
+        done = _run([*_argv(small_fmnist, tmp_path / f"p{devices}", devices, epochs=1), *dml])
+        assert done.returncode == 0, done.stderr[-2000:]
+    from sskt.engine.checkpoint import load_checkpoint
+
+    one, two = (load_checkpoint(RunDir(tmp_path / f"p{d}").checkpoint)["method"]["networks"] for d in (1, 2))
+    assert set(one) == set(two) == {"target", "peer1"}
+    for name in one:
+        a, b = one[name]["module"], two[name]["module"]
+        assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a) < 1e-5, name
+
+
 def test_maxl_second_order_is_refused_under_several_processes(capsys) -> None:
     from conftest import error_line
 
