@@ -82,3 +82,19 @@ def test_report_sets_the_sskt_family_against_the_strongest_baseline(tmp_path) ->
     section = text.split("## Against the strongest baseline", 1)[1].split("Other final-epoch metrics", 1)[0]
     assert "**+6.00 [+6.00, +6.00] (2)**, an interval above zero" in section
     assert "| sskt | 87.50 +- 0.71 (2) | +6.00 [+6.00, +6.00] (2) |" in section
+
+
+def test_validation_chooses_the_schedule_length_within_a_budget(tmp_path) -> None:
+    """SSKT ran 2 and 4 epochs; at every budget validation prefers the 2-epoch schedule (val 91 > 86), so the
+    family's figure is its test accuracy (51/52), in one row for both lengths."""
+    short = [(5, 90, 50), (10, 91, 51)]
+    for seed in (0, 1):
+        _run(tmp_path, "scratch", seed, SCRATCH)
+        _run(tmp_path / "long", "sskt", seed, SSKT)
+        _run(tmp_path / "short", "sskt", seed, short)
+    text = write_report(tmp_path).read_text()
+    section = text.split("## At equal training time", 1)[1].split("## Against the strongest baseline", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| group")]
+    assert len(rows) == 2, rows
+    (sskt,) = [r for r in rows if "sskt" in r]
+    assert sskt.count("51.50 +- 0.71 (2); -30.00") == 3
