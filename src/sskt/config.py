@@ -15,7 +15,8 @@ HeadKind = Literal["linear", "tm"]
 BNMode = Literal["eval", "train"]
 Precision = Literal["32-true", "32", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true"]
 Schedule = Literal["multistep", "cosine", "constant", "fixmatch"]
-Augment = Literal["default", "none"]
+Augment = Literal["default", "resized_crop", "none"]
+VOCDifficult = Literal["negative", "ignore", "positive"]
 CacheDtype = Literal["float16", "float32"]
 
 
@@ -39,7 +40,11 @@ class DataConfig:
     val_seed: int = 0
     """Seed choosing the validation split; independent of the run seed, so every method and seed share it."""
     augment: Augment = "default"
-    """Augmentation preset: 'default' (the dataset's standard: random crop with padding + flip) or 'none'."""
+    """Augmentation preset: 'default' (the dataset's standard: random crop with padding + flip), 'resized_crop'
+    (random resized crop, scale 0.08-1, + flip: ImageNet-style, for VOC) or 'none'."""
+    voc_difficult: VOCDifficult = "negative"
+    """voc2007: a class present only through 'difficult' objects is 'negative' (the authors' code), 'ignore' (left
+    out of that image's loss and metrics) or 'positive'."""
     crop_padding: int = 4
     """Zero padding in px on every side before the default preset's random crop; 4 is the released code's
     RandomCrop(size, padding=4), for STL10's 96 px images too."""
@@ -47,7 +52,8 @@ class DataConfig:
     """Drop image files that do not decode (a folder is scanned before training), with a warning; False refuses
     them, naming the first few."""
     image_size: int | None = None
-    """Side length images are resized to on load (imagefolder); None keeps the dataset's native size."""
+    """Side length images are resized to on load (imagefolder), or the crop side (voc2007: stored at 8/7 of it,
+    224 by default); None keeps the dataset's native size."""
     batch_size: int = 128
     """Training batch size (labelled images per step)."""
     eval_batch_size: int = 1000

@@ -9,6 +9,7 @@ from sskt.data.folder import FolderImageSet
 from sskt.data.spec import Batch, DatasetSpec, ImageSet
 from sskt.data.stream import TrainStream, ViewProvider, eval_batches
 from sskt.data.subsets import labeled_subset
+from sskt.data.voc import VOC_CLASSES
 
 __all__ = [
     "AUGMENTS",
@@ -21,6 +22,7 @@ __all__ = [
     "Normalize",
     "TensorImageSet",
     "TrainStream",
+    "VOC_CLASSES",
     "ViewProvider",
     "build_augment",
     "build_dataset",

@@ -97,6 +97,50 @@ class HFlip(AugOp):
         return torch.where(flip, x.flip(-1), x)
 
 
+class RandomResizedCrop(AugOp):
+    """torchvision's RandomResizedCrop with replayable parameters: a box (top, left, height, width) of the
+    ``in_hw`` input covering ``scale`` of its area with aspect ratio in ``ratio`` (10 tries, then the largest
+    centred box within the ratio bounds), resized bilinearly (antialiased) to ``size`` x ``size``."""
+
+    params = ("crop_top", "crop_left", "crop_h", "crop_w")
+
+    def __init__(self, in_hw: tuple[int, int], size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> None:
+        self.in_hw, self.size, self.scale, self.ratio = tuple(in_hw), size, tuple(scale), tuple(ratio)
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        return torch.stack([self._box(generator) for _ in range(n)]) if n else torch.empty(0, 4, dtype=torch.long)
+
+    def _box(self, generator: torch.Generator) -> Tensor:
+        h, w = self.in_hw
+        area, log_ratio = h * w, torch.log(torch.tensor(self.ratio))
+        for _ in range(10):
+            target = area * torch.empty(1).uniform_(*self.scale, generator=generator).item()
+            aspect = torch.exp(torch.empty(1).uniform_(*log_ratio.tolist(), generator=generator)).item()
+            bw, bh = round((target * aspect) ** 0.5), round((target / aspect) ** 0.5)
+            if 0 < bw <= w and 0 < bh <= h:
+                top = torch.randint(0, h - bh + 1, (1,), generator=generator).item()
+                left = torch.randint(0, w - bw + 1, (1,), generator=generator).item()
+                return torch.tensor([top, left, bh, bw])
+        aspect = w / h
+        bw, bh = (w, round(w / min(self.ratio[1], max(self.ratio[0], aspect)))) if aspect > self.ratio[1] else (
+            (round(h * max(self.ratio[0], min(self.ratio[1], aspect))), h))  # fmt: skip
+        bh, bw = min(bh, h), min(bw, w)
+        return torch.tensor([(h - bh) // 2, (w - bw) // 2, bh, bw])
+
+    def identity(self, n: int) -> Tensor:
+        """The evaluation view: the centred ``size`` x ``size`` crop (FitTo's), not resized."""
+        h, w = self.in_hw
+        s = min(self.size, h, w)
+        return torch.tensor([(h - s + 1) // 2, (w - s + 1) // 2, s, s]).repeat(n, 1)  # FitTo: the odd pixel right
+
+    def __call__(self, x: Tensor, params: Tensor) -> Tensor:
+        import torchvision.transforms.v2.functional as TF
+
+        boxes = params.tolist()
+        out = [TF.resized_crop(x[i], *boxes[i], [self.size, self.size], antialias=True) for i in range(len(x))]
+        return torch.stack(out) if out else x[:, ..., : self.size, : self.size]
+
+
 class Augment:
     """A chain of ops mapping uint8 images to float images in [0, 1] with 3 channels."""
 
@@ -179,6 +223,12 @@ def default_preset(in_hw: tuple[int, int], size: int, padding: int = DEFAULT_PAD
     if padding < 0:
         raise UserError(f"data.crop_padding must be >= 0, got {padding}")
     return Augment(fit_ops(in_hw, size) + [RandomCrop(size, padding=padding), HFlip()])
+
+
+@AUGMENTS.register("resized_crop")
+def resized_crop_preset(in_hw: tuple[int, int], size: int, padding: int = DEFAULT_PADDING) -> Augment:
+    """ImageNet-style training view: random resized crop of the stored image to S, then flip (VOC)."""
+    return Augment([RandomResizedCrop(in_hw, size), HFlip()])
 
 
 @AUGMENTS.register("none")

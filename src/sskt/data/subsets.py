@@ -42,8 +42,13 @@ def split_validation(labels: Tensor, per_class: int | None, seed: int) -> tuple[
     everything = torch.arange(len(labels))
     if per_class is None:
         return everything[:0], everything
-    if labels.dim() != 1:
-        raise UserError(f"data.val_per_class needs single-label data; got labels of shape {list(labels.shape)}")
+    if labels.dim() == 2:  # multi-label: per_class x K images at random (classes overlap; no stratification)
+        count = per_class * labels.shape[1]
+        if not 0 < count < len(labels):
+            raise UserError(f"data.val_per_class={per_class} holds out {count} of {len(labels)} multi-label images")
+        val = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+        keep = torch.ones(len(labels), dtype=torch.bool).index_fill_(0, val, False)
+        return val, everything[keep]
     try:
         val = labeled_subset(labels, per_class, seed)
     except UserError as err:

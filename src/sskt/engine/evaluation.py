@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import CatMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
 from sskt.data import eval_batches
@@ -57,22 +57,81 @@ class SingleLabelMetrics(TaskMetrics):
 
 
 class MultiLabelMetrics(TaskMetrics):
-    """Class-wise mean average precision (percent) and mean binary cross-entropy."""
+    """Multi-label metrics (percent) from the sigmoid scores, labels -1 left out: ``map`` the class-wise mean of
+    non-interpolated average precision (torchmetrics, the headline), ``map11`` VOC07's 11-point interpolated mAP,
+    ``ap_example`` the paper's example-based AP (per image over its classes, averaged over images with a positive
+    class), and the mean binary cross-entropy."""
 
     headline = "map"
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
-        self.ap = MultilabelAveragePrecision(num_labels=num_classes, average="macro")
+        self.ap = MultilabelAveragePrecision(num_labels=num_classes, average="macro", ignore_index=-1)
         self.loss = MeanMetric()
+        self.scores, self.targets = CatMetric(), CatMetric()
 
     def update(self, logits: Tensor, labels: Tensor) -> None:
-        """logits float [B, K], labels float multi-hot [B, K]."""
+        """logits float [B, K], labels float multi-hot [B, K] (-1: ignored)."""
         self.ap.update(logits.float(), labels.long())
-        self.loss.update(F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none").mean(1))
+        self.loss.update(masked_bce(logits, labels))
+        self.scores.update(logits.float())
+        self.targets.update(labels.float())
 
     def compute(self) -> dict[str, float]:
-        return {"map": round(100.0 * self.ap.compute().item(), 4), "loss": self.loss.compute().item()}
+        scores, targets = self.scores.compute(), self.targets.compute()
+        return {
+            "map": round(100.0 * self.ap.compute().item(), 4),
+            "map11": round(100.0 * voc07_map(scores, targets), 4),
+            "ap_example": round(100.0 * example_ap(scores, targets), 4),
+            "loss": self.loss.compute().item(),
+        }
+
+
+def masked_bce(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-row mean binary cross-entropy over the classes whose label is not -1: float [B]."""
+    keep = (labels >= 0).float()
+    per = F.binary_cross_entropy_with_logits(logits.float(), labels.float().clamp(min=0), reduction="none")
+    return (per * keep).sum(1) / keep.sum(1).clamp(min=1)
+
+
+def _average_precision(scores: Tensor, positives: Tensor) -> tuple[Tensor, Tensor]:
+    """Precision and recall at each rank of ``scores`` (descending) for 0/1 ``positives``."""
+    order = scores.argsort(descending=True, stable=True)
+    hits = positives[order].float()
+    tp = hits.cumsum(0)
+    precision = tp / torch.arange(1, len(hits) + 1, device=hits.device)
+    return precision, tp / hits.sum().clamp(min=1)
+
+
+def voc07_map(scores: Tensor, targets: Tensor) -> float:
+    """VOC07's 11-point mAP: per class ``1/11 sum_{t in 0, 0.1, .., 1} max_{recall >= t} precision`` over the
+    images whose label is not -1, averaged over classes with a positive image."""
+    aps = []
+    for k in range(scores.shape[1]):
+        keep = targets[:, k] >= 0
+        positives = targets[keep, k] > 0
+        if not positives.any():
+            continue
+        precision, recall = _average_precision(scores[keep, k], positives)
+        points = [precision[recall >= t].max() if (recall >= t).any() else precision.new_zeros(()) for t in
+                  torch.linspace(0, 1, 11).tolist()]  # fmt: skip
+        aps.append(torch.stack(points).mean())
+    return torch.stack(aps).mean().item() if aps else 0.0
+
+
+def example_ap(scores: Tensor, targets: Tensor) -> float:
+    """Example-based AP (the paper's VOC "AP"): for each image, the non-interpolated average precision of its class
+    scores against its labels (-1 left out), averaged over images with a positive class."""
+    aps = []
+    for i in range(scores.shape[0]):
+        keep = targets[i] >= 0
+        positives = targets[i, keep] > 0
+        if not positives.any():
+            continue
+        precision, _ = _average_precision(scores[i, keep], positives)
+        order = scores[i, keep].argsort(descending=True, stable=True)
+        aps.append((precision * positives[order].float()).sum() / positives.sum())
+    return torch.stack(aps).mean().item() if aps else 0.0
 
 
 TASK_METRICS: dict[str, type[TaskMetrics]] = {"single_label": SingleLabelMetrics, "multi_label": MultiLabelMetrics}

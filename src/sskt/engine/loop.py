@@ -251,6 +251,7 @@ def finish(
         "versions": versions(),
         "method": cfg.method.name,
         "epochs": cfg.epochs,
+        "headline": headline_metric(spec.task, "test"),
     }
     if fabric.is_global_zero:
         save_target_weights(method, run.weights)

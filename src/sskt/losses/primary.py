@@ -27,6 +27,11 @@ def bce(logits: Tensor, targets: Tensor) -> Tensor:
 
         L = mean_{b,k} -[y_bk * log sigmoid(z_bk) + (1 - y_bk) * log(1 - sigmoid(z_bk))]
 
-    logits [B, K], targets float multi-hot [B, K].
+    logits [B, K], targets float multi-hot [B, K]; entries of -1 (a class ignored for that image, VOC's difficult
+    objects under ``data.voc_difficult: ignore``) are left out of the mean.
     """
+    if (targets < 0).any():
+        keep = (targets >= 0).to(logits.dtype)
+        per = F.binary_cross_entropy_with_logits(logits, targets.clamp(min=0).to(logits.dtype), reduction="none")
+        return (per * keep).sum() / keep.sum().clamp(min=1)
     return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
