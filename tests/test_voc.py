@@ -155,3 +155,37 @@ def test_a_tiny_voc_run_end_to_end(voc_root, tmp_path, method) -> None:
     assert {"test_map", "test_map11", "test_ap_example", "test_loss"} <= set(summary["final"])
     assert summary["headline"] == "test_map"
     assert all(0 <= summary["final"][k] <= 100 for k in ("test_map", "test_map11", "test_ap_example"))
+
+
+def test_sigmoid_distillation_on_hand_computed_values() -> None:
+    """One row, two classes, T = 2: the BCE of sigmoid(z / 2) against sigmoid(t / 2) per class, times T^2."""
+    import math
+
+    from sskt.losses import sigmoid_kd
+
+    z, t = torch.tensor([[2.0, -2.0]]), torch.tensor([[0.0, 4.0]])
+    p = [1 / (1 + math.exp(-v / 2)) for v in (0.0, 4.0)]
+    q = [1 / (1 + math.exp(-v / 2)) for v in (2.0, -2.0)]
+    bce_by_class = [-(pk * math.log(qk) + (1 - pk) * math.log(1 - qk)) for pk, qk in zip(p, q, strict=True)]
+    assert sigmoid_kd(z, t, 2.0).item() == pytest.approx(4 * sum(bce_by_class) / 2, rel=1e-6)
+
+
+def test_kd_and_dml_run_on_multi_label_data(voc_root, tmp_path) -> None:
+    """A scratch teacher, then KD from it and DML, each a tiny VOC run with BCE and sigmoid distillation."""
+
+    def cfg_for(method: str) -> TrainConfig:
+        cfg = TrainConfig(seed=0, epochs=1, out=str(tmp_path / method), accelerator="cpu", progress=False)
+        cfg.data = DataConfig(name="voc2007", root=str(voc_root), download=False, image_size=32, batch_size=8)
+        cfg.data.eval_batch_size, cfg.method.name, cfg.method.primary_loss = 24, method, "bce"
+        return cfg
+
+    train(cfg_for("scratch"))
+    kd = cfg_for("kd")
+    kd.method.kd.teacher = f"checkpoint:{tmp_path / 'scratch'}"
+    dml = cfg_for("dml")
+    dml.method.dml.peers = ["resnet20"]
+    for cfg in (kd, dml):
+        summary = train(cfg)
+        assert 0 <= summary["final"]["test_map"] <= 100
+    records = (tmp_path / "kd" / "records.jsonl").read_text()
+    assert '"kd_loss"' in records

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from sskt.errors import choice_error
 from sskt.losses.primary import bce, cross_entropy, focal
-from sskt.losses.soft import focal_soft, kd, kd_legacy, soft_ce
+from sskt.losses.soft import focal_soft, kd, kd_legacy, sigmoid_kd, soft_ce
 
 # The primary focal loss under a name that cannot be confused with the soft-target one.
 focal_primary = focal
@@ -52,5 +52,6 @@ __all__ = [
     "kd",
     "kd_legacy",
     "primary_loss",
+    "sigmoid_kd",
     "soft_ce",
 ]

@@ -25,16 +25,28 @@ def mutual_kl(logits: Tensor, peer_logits: Sequence[Tensor], temperature: float 
     return total * temperature**2 / len(peer_logits)
 
 
+def mutual_sigmoid(logits: Tensor, peer_logits: Sequence[Tensor], temperature: float = 1.0) -> Tensor:
+    """Multi-label DML: the mean per-class sigmoid distillation from the other peers (``losses.sigmoid_kd``)."""
+    from sskt.losses.soft import sigmoid_kd
+
+    if not peer_logits:
+        raise ValueError("mutual_sigmoid needs at least one other peer")
+    return sum(sigmoid_kd(logits, other.detach(), temperature) for other in peer_logits) / len(peer_logits)
+
+
 def dml_loss(
     logits: Tensor,
     labels: Tensor,
     peer_logits: Sequence[Tensor],
     temperature: float = 1.0,
     primary: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+    multi_label: bool = False,
 ) -> Tensor:
     """Peer k's DML objective: ``CE(p_k, y) + 1/(K-1) sum_{l != k} KL(p_l || p_k)`` (Zhang et al. 2018, eq. 10).
 
     ``logits`` [B, C] of peer k, ``labels`` int64 [B], ``peer_logits`` K-1 tensors [B, C] (detached inside);
-    ``primary`` replaces the label cross-entropy (``method.primary_loss``).
+    ``primary`` replaces the label cross-entropy (``method.primary_loss``). ``multi_label`` uses the per-class
+    sigmoid distillation instead of the softmax KL (and ``primary`` is then BCE).
     """
-    return primary(logits, labels) + mutual_kl(logits, peer_logits, temperature)
+    mutual = mutual_sigmoid if multi_label else mutual_kl
+    return primary(logits, labels) + mutual(logits, peer_logits, temperature)

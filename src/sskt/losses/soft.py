@@ -7,6 +7,7 @@ pass the source logits as a constant (computed without autograd) so gradients re
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -63,3 +64,15 @@ def focal_soft(aux_logits: Tensor, source_logits: Tensor, T: float = 1.0, *, gam
     p = F.softmax(source_logits / T, dim=1)
     log_q = F.log_softmax(aux_logits / T, dim=1)
     return -(p * (1 - log_q.exp()).pow(gamma) * log_q).sum(dim=1).mean()
+
+
+def sigmoid_kd(student_logits: Tensor, teacher_logits: Tensor, T: float = 1.0) -> Tensor:
+    """Per-class sigmoid distillation for multi-label tasks (../docs METHOD.md section 10):
+
+        L = T^2 * mean_{b,k} BCE(sigmoid(z_bk / T), target sigmoid(t_bk / T))
+
+    ``student_logits`` z and ``teacher_logits`` t (no gradient): [B, K]. Each class is its own binary problem, so
+    the softmax KL of single-label KD does not apply; ``T^2`` keeps the gradient scale as in Hinton et al.
+    """
+    target = torch.sigmoid(teacher_logits.detach().float() / T)
+    return F.binary_cross_entropy_with_logits(student_logits.float() / T, target) * (T * T)

@@ -60,6 +60,16 @@ def single_label_primary(method: str, name: str) -> Callable[[Tensor, Tensor], T
     return primary_loss(name)
 
 
+def label_loss(method: str, name: str, task: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """The label loss of a distilling method for the dataset's task: 'ce'/'focal' on single-label data, 'bce' on
+    multi-label data; the wrong pairing is a one-line UserError."""
+    if task == "multi_label":
+        if name != "bce":
+            raise UserError(f"method {method!r} on multi-label data takes method.primary_loss 'bce'; got {name!r}")
+        return primary_loss(name)
+    return single_label_primary(method, name)
+
+
 @dataclass
 class Network:
     """A network a method trains: the module as built (``raw``: for functional calls and statistics-free

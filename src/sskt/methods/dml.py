@@ -23,7 +23,7 @@ from sskt.data.spec import Batch
 from sskt.errors import UserError
 from sskt.losses.mutual import dml_loss
 from sskt.methods import METHODS
-from sskt.methods.base import Method, MethodContext, StepOutput, single_label_primary
+from sskt.methods.base import Method, MethodContext, StepOutput, label_loss
 from sskt.models import MODELS, build_target
 from sskt.models.base import TargetOutput
 
@@ -55,11 +55,10 @@ class DML(Method):
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
-        if ctx.spec.task != "single_label":
-            raise UserError(f"method 'dml' needs a single-label dataset; {ctx.spec.name!r} is {ctx.spec.task!r}")
+        self.multi_label = ctx.spec.task == "multi_label"
         if not self.cfg.method.dml.peers:
             raise UserError("method.dml.peers is empty; DML needs at least one peer besides the target (e.g. resnet56)")
-        self.primary = single_label_primary("dml", self.cfg.method.primary_loss)
+        self.primary = label_loss("dml", self.cfg.method.primary_loss, ctx.spec.task)
         classes = ctx.spec.num_classes
         self.names = ["target"] + [f"peer{i}" for i in range(1, len(self.cfg.method.dml.peers) + 1)]
         self.declare("target", lambda: build_target(self.cfg.model, classes, {}, self.cfg.head))
@@ -90,7 +89,7 @@ class DML(Method):
         losses = []
         for k, opt in enumerate(self.opts):
             others = [out.detach() for j, out in enumerate(outputs) if j != k]
-            loss = dml_loss(outputs[k], labels, others, self.cfg.method.dml.temperature, self.primary)
+            loss = dml_loss(outputs[k], labels, others, self.cfg.method.dml.temperature, self.primary, self.multi_label)
             opt.zero_grad(set_to_none=True)
             self.fabric.backward(loss)
             opt.step()

@@ -24,7 +24,7 @@ from sskt import losses
 from sskt.config import SourceConfig, TrainConfig
 from sskt.data.spec import Batch
 from sskt.errors import UserError
-from sskt.methods.base import MethodContext, single_label_primary
+from sskt.methods.base import MethodContext, label_loss
 from sskt.methods.terms import Forward, Term, term_family
 from sskt.sources import SOURCES, SourceBank, build_source
 
@@ -71,12 +71,11 @@ class KDTerm(Term):
         if cfg.method.kd.teacher is None:
             raise UserError("method 'kd' needs method.kd.teacher, e.g. checkpoint:runs/teacher (a trained run)")
         SOURCES.require(cfg.method.kd.teacher, "source (method.kd.teacher)")
-        single_label_primary("kd", cfg.method.primary_loss)
 
     def __init__(self, ctx: MethodContext) -> None:
         self.cfg = cfg = ctx.cfg
-        if ctx.spec.task != "single_label":
-            raise UserError(f"method 'kd' needs a single-label dataset; {ctx.spec.name!r} is {ctx.spec.task!r}")
+        label_loss("kd", cfg.method.primary_loss, ctx.spec.task)  # ce/focal, or bce on multi-label data
+        self.multi_label = ctx.spec.task == "multi_label"
         self.teacher = build_source(teacher_config(cfg), ctx.spec.mean, ctx.spec.std)
         if self.teacher.num_classes != ctx.spec.num_classes:
             raise UserError(
@@ -104,5 +103,8 @@ class KDTerm(Term):
         part = "images" if fwd.weak else "labeled"
         logits = fwd.logits(part)
         teacher = self.teacher_logits(fwd.batch, logits.shape[0])
-        distill = (losses.kd_legacy if kd.legacy else losses.kd)(logits, teacher, kd.temperature)
+        if self.multi_label:  # per-class sigmoid distillation
+            distill = losses.sigmoid_kd(logits, teacher, kd.temperature)
+        else:
+            distill = (losses.kd_legacy if kd.legacy else losses.kd)(logits, teacher, kd.temperature)
         return kd.lam * distill, {"kd_loss": distill.detach()}
