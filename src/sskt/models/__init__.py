@@ -5,7 +5,7 @@ auxiliary head per source. Importing this package registers every model.
 """
 
 # Each model module registers its models into MODELS (defined in base.py) when imported.
-from sskt.models import cifar_resnet, efficientnet_lite, timm_nets, torchvision_nets  # noqa: F401
+from sskt.models import cifar_resnet, efficientnet_lite, timm_nets, torchvision_nets, video_nets  # noqa: F401
 from sskt.models.base import MODELS, Backbone, StageInfo, TargetOutput
 from sskt.models.heads import LinearHead, TransferModule, build_head
 from sskt.models.target import Target, build_target

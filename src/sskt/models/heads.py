@@ -89,6 +89,8 @@ def build_head(cfg: HeadConfig, feature_info: list[StageInfo], family: str, num_
     check_choice("head kind", cfg.kind, HEAD_KINDS)
     if cfg.kind == "linear":
         return LinearHead(feature_info[-1].channels, num_classes)
+    if family == "video":
+        raise UserError("head.kind 'tm' has no 3D transfer module yet; use head.kind 'linear' with a 3D target")
     width = cfg.width if cfg.width is not None else DEFAULT_TM_WIDTH.get(family, DEFAULT_TM_WIDTH["imagenet"])
     if width < 2:
         raise UserError(f"head.width must be at least 2 (mid width W/2), got {width}")

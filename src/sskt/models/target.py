@@ -49,6 +49,8 @@ class Target(nn.Module):
     def features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         """[B, 3, H, W] -> (every stage output [B, C_i, H_i, W_i], pooled last stage [B, num_features])."""
         stages = self.backbone.forward_stages(x)
+        if stages[-1].dim() == 5:  # a clip: pool over time and space
+            return stages, stages[-1].mean(dim=(2, 3, 4))
         return stages, F.adaptive_avg_pool2d(stages[-1], 1).flatten(1)
 
     def forward(self, x: Tensor, with_aux: bool = True) -> TargetOutput:
