@@ -11,11 +11,13 @@ from sskt.config import HeadConfig, ModelConfig
 from sskt.errors import UserError
 from sskt.models import MODELS, Target, build_target
 from sskt.models.heads import TransferModule
+from sskt.models.video_nets import VIDEO_MODELS
 
 # Source names carry '.' and ':' (module names may not); two different label-space sizes.
 AUX = {"resnet50.places365": 7, "timm:vit_tiny": 5}
 # Small enough to keep every case fast on a CPU, covering one timm model besides the registered names.
-MODEL_NAMES = [n for n in MODELS.list() if not n.endswith("<name>")] + ["timm:resnet10t"]
+# Image targets; the 3D ones take clips and have their own tests (test_video_models.py).
+MODEL_NAMES = [n for n in MODELS.list() if not n.endswith("<name>") and n not in VIDEO_MODELS] + ["timm:resnet10t"]
 
 
 @pytest.fixture(autouse=True, scope="module")

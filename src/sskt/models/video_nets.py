@@ -16,6 +16,8 @@ from torch import Tensor, nn
 from sskt.errors import UserError
 from sskt.models.base import MODELS, Backbone, StageInfo
 
+VIDEO_MODELS = ("resnet3d_18", "resnet3d_50", "r3d_18")
+"""The registered 3D targets (they take clips [B, 3, T, H, W])."""
 PROBE = (16, 64)
 """Frames and side of the dry-forward probe: 16 frames survive the Hara nets' temporal strides (16x)."""
 
