@@ -145,7 +145,7 @@ def time_plot(groups: Sequence, metric: str, val: str, out: Path) -> Path | None
     curves = {k: v for k, v in curves.items() if v[0] and not all(math.isnan(s.mean) for s in v[1])}
     if not curves:
         return None
-    title = f"{metric} at the validation-chosen epoch within the time (mean +- std over seeds)"
+    title = f"{metric} at the validation-chosen epoch vs training time (mean +- std)"
     return learning_curves(curves, out / f"{metric}_vs_time.png", metric, xlabel="training minutes", title=title)
 
 

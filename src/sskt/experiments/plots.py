@@ -54,11 +54,12 @@ def learning_curves(
     """One line per group: the mean over seeds at each x (epoch, or minutes) with a band of +- one std."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
-    for label, (epochs, stats) in curves.items():
+    for i, (label, (epochs, stats)) in enumerate(curves.items()):
         if not epochs:
             continue
         mean = [s.mean for s in stats]
-        (line,) = ax.plot(epochs, mean, label=label, linewidth=1.2)
+        style = ("-", "--", ":")[(i // 10) % 3]  # the 10 colours repeat: the line style tells them apart
+        (line,) = ax.plot(epochs, mean, label=label, linewidth=1.2, linestyle=style)
         lo = [s.mean - s.std for s in stats]
         hi = [s.mean + s.std for s in stats]
         ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
