@@ -55,9 +55,18 @@ def test_a_3d_target_with_a_linear_auxiliary_head_fits_a_tiny_clip_batch() -> No
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+def test_the_3d_transfer_module_reads_every_stage_of_a_clip() -> None:
+    """Its branches are 3D (Conv3d, pooled over time and space) and every parameter gets a gradient."""
+    net = build_target(ModelConfig(name="resnet3d_18"), 4, {"src": 7}, HeadConfig(kind="tm", width=16))
+    head = net.aux[net.aux_keys["src"]]
+    assert len(head.branches) == 4 and isinstance(head.branches[0][0], torch.nn.Conv3d)
+    out = net(torch.randn(2, 3, 16, 32, 32))
+    assert out.aux_logits["src"].shape == (2, 7)
+    out.aux_logits["src"].sum().backward()
+    assert all(p.grad is not None for p in head.parameters())
+
+
 def test_3d_targets_refuse_what_they_cannot_do() -> None:
-    with pytest.raises(UserError, match="no 3D transfer module"):
-        build_target(ModelConfig(name="resnet3d_18"), 4, {"src": 7}, HeadConfig(kind="tm"))
     with pytest.raises(UserError, match="no pretrained weights"):
         MODELS.create("resnet3d_18", pretrained=True)
     with pytest.raises(ValueError, match=r"clips \[B, 3, T, H, W\]"):
