@@ -86,6 +86,8 @@ def predict_command(argv: list[str]) -> int:
     if args.topk < 1 or args.batch_size < 1:
         raise UserError(f"--topk and --batch_size must be at least 1, got {args.topk} and {args.batch_size}")
     net, card = load_network(args.run)
+    if card.task == "video":
+        raise UserError(f"sskt predict takes images; {args.run!r} is a video model (clips of {card.extra['clip_len']})")
     failed = 0
     for path, result in predict(collect_images(args.images), net, card, args.topk, args.batch_size):
         if isinstance(result, str):

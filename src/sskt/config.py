@@ -15,7 +15,7 @@ HeadKind = Literal["linear", "tm"]
 BNMode = Literal["eval", "train"]
 Precision = Literal["32-true", "32", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true"]
 Schedule = Literal["multistep", "cosine", "constant", "fixmatch"]
-Augment = Literal["default", "resized_crop", "none"]
+Augment = Literal["default", "resized_crop", "clip", "none"]
 VOCDifficult = Literal["negative", "ignore", "positive"]
 CacheDtype = Literal["float16", "float32"]
 
@@ -41,7 +41,13 @@ class DataConfig:
     """Seed choosing the validation split; independent of the run seed, so every method and seed share it."""
     augment: Augment = "default"
     """Augmentation preset: 'default' (the dataset's standard: random crop with padding + flip), 'resized_crop'
-    (random resized crop, scale 0.08-1, + flip: ImageNet-style, for VOC) or 'none'."""
+    (random resized crop, scale 0.08-1, + flip: ImageNet-style, for VOC), 'clip' (multi-scale corner crop + flip
+    of every frame alike, for video) or 'none'."""
+    clip_len: int = 16
+    """ucf101/hmdb51: frames per clip (training draws one window per video and epoch; test scores every
+    non-overlapping window)."""
+    video_split: int = 1
+    """ucf101/hmdb51: the official split (1, 2 or 3)."""
     voc_difficult: VOCDifficult = "negative"
     """voc2007: a class present only through 'difficult' objects is 'negative' (the authors' code), 'ignore' (left
     out of that image's loss and metrics) or 'positive'."""

@@ -3,6 +3,8 @@
 Importing this package registers every dataset in ``DATASETS``.
 """
 
+from sskt.data import clips as _clips  # noqa: F401 (registers the 'clip' augmentation)
+from sskt.data import video as _video  # noqa: F401 (registers ucf101 and hmdb51)
 from sskt.data.augment import AUGMENTS, Augment, Normalize, build_augment, normalize
 from sskt.data.datasets import DATASETS, TensorImageSet, build_dataset, stored_shape
 from sskt.data.folder import FolderImageSet

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from sskt.data.augment import AugOp
+from sskt.data.augment import AUGMENTS, DEFAULT_PADDING, Augment, AugOp, HFlip
 from sskt.errors import UserError
 
 SCALES = (1.0, 0.84089641525, 0.70710678118, 0.59460355750, 0.5)
@@ -136,3 +136,9 @@ class MultiScaleCornerCrop(AugOp):
             resized = resized.reshape(*crop.shape[:-2], self.size, self.size)
             out.append(resized.round().clamp(0, 255).to(x.dtype))
         return torch.stack(out)
+
+
+@AUGMENTS.register("clip")
+def clip_preset(in_hw: tuple[int, int], size: int, padding: int = DEFAULT_PADDING) -> Augment:
+    """Video training view: a multi-scale corner crop of every frame alike, resized to S, then flip."""
+    return Augment([MultiScaleCornerCrop(size), HFlip()])

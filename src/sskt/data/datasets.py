@@ -78,6 +78,9 @@ class SubsetImageSet:
         images = getattr(split, "images", None)
         if images is not None:
             self.images = images[indices]
+        ids = getattr(split, "video_ids", None)
+        if ids is not None:  # test clips keep the video each belongs to (sharded video evaluation)
+            self.video_ids = ids[indices]
 
     def __len__(self) -> int:
         return len(self.indices)

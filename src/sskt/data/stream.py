@@ -62,27 +62,33 @@ class Pool:
 
 
 class _BatchReader(Dataset):
-    """Decodes whole batches of a lazy split, so a DataLoader worker returns one uint8 [b, C, H, W] per item."""
+    """Decodes whole batches of a lazy split, so a DataLoader worker returns one uint8 [b, C, H, W] per item; with
+    ``starts`` (clips) each row is ``split.read(index, start)``."""
 
-    def __init__(self, split: ImageSet, batches: list[Tensor]) -> None:
-        self.split, self.batches = split, batches
+    def __init__(self, split: ImageSet, batches: list[Tensor], starts: list[Tensor] | None = None) -> None:
+        self.split, self.batches, self.starts = split, batches, starts
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, i: int) -> Tensor:
+        if self.starts is not None:
+            rows = zip(self.batches[i].tolist(), self.starts[i].tolist(), strict=True)
+            return torch.stack([self.split.read(j, s) for j, s in rows])
         return torch.stack([self.split[int(j)][0] for j in self.batches[i]])
 
 
-def read_batches(split: ImageSet, batches: list[Tensor], num_workers: int = 0, images: Tensor | None = None):
+def read_batches(
+    split: ImageSet, batches: list[Tensor], num_workers: int = 0, images: Tensor | None = None, starts=None
+):
     """Yield uint8 [b, C, H, W] for each index batch: gathered from ``images`` (or ``split.images``) when the split
-    is in memory, else decoded by a DataLoader with ``num_workers`` processes."""
+    is in memory, else decoded by a DataLoader with ``num_workers`` processes (clips from ``starts``)."""
     images = getattr(split, "images", None) if images is None else images
     if images is not None:
         for idx in batches:
             yield images[idx.to(images.device)]
         return
-    yield from DataLoader(_BatchReader(split, batches), batch_size=None, num_workers=num_workers)
+    yield from DataLoader(_BatchReader(split, batches, starts), batch_size=None, num_workers=num_workers)
 
 
 @dataclass
@@ -214,24 +220,31 @@ class TrainStream:
         members = self.labeled.indices
         labeled = list(members[torch.randperm(len(members), generator=order_gen)].split(self.batch_size))
         views_gen = epoch_generator(self.seed, epoch, "views")
-        parts = [self._rows(self.labeled, labeled, epoch_generator(self.seed, epoch, "augment"), views_gen)]
+        clip_gen = epoch_generator(self.seed, epoch, "clip_start")
+        parts = [
+            self._rows(self.labeled, labeled, epoch_generator(self.seed, epoch, "augment"), views_gen, None, clip_gen)
+        ]
         if self.unlabeled is not None:
             sizes = [self.ratio * len(b) for b in labeled]
             drawn = _cycle(self.unlabeled.indices, sum(sizes), epoch_generator(self.seed, epoch, "unlabeled"))
             aug_gen = epoch_generator(self.seed, epoch, "unlabeled_augment")
             strong_gen = epoch_generator(self.seed, epoch, "unlabeled_strong")
-            parts.append(self._rows(self.unlabeled, list(drawn.split(sizes)), aug_gen, views_gen, strong_gen))
+            clip_gen = epoch_generator(self.seed, epoch, "unlabeled_clip_start")
+            parts.append(self._rows(self.unlabeled, list(drawn.split(sizes)), aug_gen, views_gen, strong_gen, clip_gen))
         for rows in zip(*parts, strict=True):
             yield self._batch(rows).shard(self.rank, self.world)
 
-    def _rows(self, pool: Pool, batches: list[Tensor], aug_gen, views_gen, strong_gen=None):
+    def _rows(self, pool: Pool, batches: list[Tensor], aug_gen, views_gen, strong_gen=None, clip_gen=None):
         """Yield ``(indices, images float normalised, params, soft, strong view or None)`` for each index batch
         drawn from ``pool``; strong views only with ``strong_gen`` and strong views asked for."""
         sizes = [len(b) for b in batches]
         params = pool.augment.sample(sum(sizes), aug_gen).split(sizes)
         strong = self.strong if strong_gen is not None else None
         strong_params = strong.sample(sum(sizes), strong_gen).split(sizes) if strong else [None] * len(sizes)
-        images = read_batches(pool.split, batches, self.num_workers, self._images(pool))
+        starts = None
+        if clip_gen is not None and hasattr(pool.split, "sample_starts"):  # clips: a window per video and epoch
+            starts = list(pool.split.sample_starts(torch.cat(batches), clip_gen).split(sizes))
+        images = read_batches(pool.split, batches, self.num_workers, self._images(pool), starts)
         for idx, p, sp, raw in zip(batches, params, strong_params, images, strict=True):
             soft = None
             if self.provider is not None:  # the cache's stored view replaces the sampled one
@@ -273,10 +286,13 @@ def eval_batches(
     device: torch.device | str | None = None,
     num_workers: int = 0,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(images float [b, 3, S, S] normalised, unaugmented; labels [b])`` over ``split`` in order."""
+    """Yield ``(images float [b, 3, S, S] normalised, unaugmented; labels [b])`` over ``split`` in order; for test
+    clips (a split with ``video_ids``) labels are ``[b, 2]``: class and video."""
     augment = build_augment(spec, "none", in_hw=stored_shape(split)[-2:])
     norm = Normalize(spec.mean, spec.std)
     batches = list(torch.arange(len(split)).split(batch_size))
+    ids = getattr(split, "video_ids", None)
     for idx, raw in zip(batches, read_batches(split, batches, num_workers), strict=True):
         raw = raw if device is None else raw.to(device, non_blocking=True)
-        yield norm(augment.apply(raw, augment.identity_params(len(idx)))), split.labels[idx].to(raw.device)
+        labels = split.labels[idx] if ids is None else torch.stack([split.labels[idx], ids[idx]], 1)
+        yield norm(augment.apply(raw, augment.identity_params(len(idx)))), labels.to(raw.device)

@@ -134,7 +134,45 @@ def example_ap(scores: Tensor, targets: Tensor) -> float:
     return torch.stack(aps).mean().item() if aps else 0.0
 
 
-TASK_METRICS: dict[str, type[TaskMetrics]] = {"single_label": SingleLabelMetrics, "multi_label": MultiLabelMetrics}
+class VideoMetrics(SingleLabelMetrics):
+    """Action recognition: clip-level accuracy and loss (``acc``, ``loss``) and the headline ``video_acc``, the
+    top-1 of each video's clips' mean softmax. Labels ``[B, 2]`` are (class, video); 1-D labels make every clip
+    its own video (a validation split of one clip per video)."""
+
+    headline = "video_acc"
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__(num_classes)
+        self.probs, self.classes, self.videos = CatMetric(), CatMetric(), CatMetric()
+        self.seen = 0
+
+    def update(self, logits: Tensor, labels: Tensor) -> None:
+        if labels.dim() == 2:
+            classes, videos = labels[:, 0], labels[:, 1]
+        else:  # one clip per video: fresh ids
+            classes = labels
+            videos = torch.arange(self.seen, self.seen + len(labels), device=labels.device) + (1 << 40)
+        self.seen += len(labels)
+        super().update(logits, classes)
+        self.probs.update(logits.float().softmax(1))
+        self.classes.update(classes.double())
+        self.videos.update(videos.double())
+
+    def compute(self) -> dict[str, float]:
+        out = super().compute()
+        probs, classes, videos = self.probs.compute(), self.classes.compute().long(), self.videos.compute().long()
+        ids, inverse = torch.unique(videos, return_inverse=True)
+        sums = torch.zeros(len(ids), probs.shape[1], device=probs.device).index_add_(0, inverse, probs)
+        truth = torch.zeros(len(ids), dtype=torch.long, device=probs.device).scatter_(0, inverse, classes)
+        out["video_acc"] = round(100.0 * (sums.argmax(1) == truth).float().mean().item(), 4)
+        return out
+
+
+TASK_METRICS: dict[str, type[TaskMetrics]] = {
+    "single_label": SingleLabelMetrics,
+    "multi_label": MultiLabelMetrics,
+    "video": VideoMetrics,
+}
 
 
 def task_metrics(task: str, num_classes: int) -> TaskMetrics:

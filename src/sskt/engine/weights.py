@@ -54,7 +54,8 @@ def load_target_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
 
 def model_card(cfg: TrainConfig, spec: DatasetSpec) -> ModelCard:
     """The facts ``model.safetensors`` needs beside it to be used without the training set-up."""
-    channels, h, w = stored_shape(spec.train)
+    shape = stored_shape(spec.train)  # (C, H, W), or (C, T, H, W) for clips
+    channels, h, w = shape[0], shape[-2], shape[-1]
     probe = cfg.method.name == "probe"
     return ModelCard(
         architecture="probe" if probe else cfg.model.name,
@@ -69,4 +70,5 @@ def model_card(cfg: TrainConfig, spec: DatasetSpec) -> ModelCard:
         method=cfg.method.name,
         source=dataclasses.asdict(cfg.sources[0]) if probe else None,
         sskt_version=__version__,
+        extra={"clip_len": int(shape[1])} if len(shape) == 4 else {},
     )

@@ -55,7 +55,7 @@ class ConsistencyTerm(Term):
 
     def __init__(self, ctx: MethodContext) -> None:
         self.cfg = ctx.cfg.method.fixmatch
-        if ctx.spec.task != "single_label":
+        if ctx.spec.task not in ("single_label", "video"):
             raise UserError(f"method 'fixmatch' needs a single-label dataset; {ctx.spec.name!r} is {ctx.spec.task!r}")
 
     def __call__(self, fwd: Forward, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:

@@ -164,7 +164,7 @@ class MAXL(Method):
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
-        if ctx.spec.task != "single_label":
+        if ctx.spec.task not in ("single_label", "video"):
             raise UserError(f"method 'maxl' needs a single-label dataset; {ctx.spec.name!r} is {ctx.spec.task!r}")
         self.mcfg = self.cfg.method.maxl
         if self.mcfg.psi < 1:
