@@ -16,6 +16,7 @@ averages the clips' softmax per video (the ``video`` task's headline, ``video_ac
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -113,6 +114,8 @@ def _locate(root: Path, relative: str) -> Path:
 
 
 def video_dataset(cfg: DataConfig, name: str) -> DatasetSpec:
+    """``name`` ('ucf101' or 'hmdb51') from ``cfg.root``: the training videos as clip items, the test videos
+    expanded to every non-overlapping clip (``VIDEO_DATASETS`` gives their sizes)."""
     root = default_root(cfg)
     if not (root / "splits").is_dir():
         raise UserError(f"{name}: no splits/ folder under {str(root)!r} (the official split files; see the README)")
@@ -136,13 +139,9 @@ def video_dataset(cfg: DataConfig, name: str) -> DatasetSpec:
     return DatasetSpec(name, sets["train"], sets["test"], len(classes), mean, std, side, "video", list(classes))
 
 
-@DATASETS.register("ucf101")
-def ucf101(cfg: DataConfig) -> DatasetSpec:
-    """UCF101: 101 actions, split 1 9,537 train / 3,783 test videos (frame folders or videos)."""
-    return video_dataset(cfg, "ucf101")
-
-
-@DATASETS.register("hmdb51")
-def hmdb51(cfg: DataConfig) -> DatasetSpec:
-    """HMDB51: 51 actions, split 1 3,570 train / 1,530 test videos (frame folders or videos)."""
-    return video_dataset(cfg, "hmdb51")
+VIDEO_DATASETS = {
+    "ucf101": "UCF101: 101 actions, split 1 9,537 train / 3,783 test videos",
+    "hmdb51": "HMDB51: 51 actions, split 1 3,570 train / 1,530 test videos",
+}
+for _name in VIDEO_DATASETS:
+    DATASETS.register(_name)(partial(video_dataset, name=_name))
