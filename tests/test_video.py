@@ -122,3 +122,20 @@ def test_video_files_are_read_when_no_frame_folder_exists(tmp_path) -> None:
     assert clip.shape == (3, 8, 37, 49) and label == 0
     assert abs(clip.float().mean().item() - 200) < 10, "the decoded frames carry the video's colour"
     assert spec.test.starts == [0] and spec.test.video_ids.tolist() == [0], "12 frames hold one 8-frame window"
+
+
+def test_the_faithful_source_input_is_0_255_minus_the_activitynet_mean() -> None:
+    """The released video code fed its 2D sources unnormalised frames minus ActivityNet's mean; 'activitynet'
+    reproduces it, 'normalised' (the default) gives the source its own statistics."""
+    from sskt.sources import build_source
+    from sskt.sources.base import ACTIVITYNET_MEAN
+
+    faithful = build_source(
+        SourceConfig(name="efficientnet_lite0.imagenet", input_scale="activitynet"), (0.5,) * 3, (0.25,) * 3
+    )
+    pixels = torch.full((1, 3, 4, 4), 0.5)
+    expected = 127.5 - torch.tensor(ACTIVITYNET_MEAN).view(1, 3, 1, 1)
+    assert torch.allclose(faithful.normalize(pixels), expected.expand(1, 3, 4, 4))
+    assert faithful.fingerprint()["input_scale"] == "activitynet"
+    corrected = build_source(SourceConfig(name="efficientnet_lite0.imagenet"), (0.5,) * 3, (0.25,) * 3)
+    assert "input_scale" not in corrected.fingerprint(), "caches made before the option stay valid"

@@ -13,6 +13,7 @@ PrimaryLoss = Literal["ce", "focal", "bce"]
 AlphaSchedule = Literal["constant", "warmup", "cosine"]
 HeadKind = Literal["linear", "tm"]
 BNMode = Literal["eval", "train"]
+InputScale = Literal["normalised", "activitynet"]
 Precision = Literal["32-true", "32", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true"]
 Schedule = Literal["multistep", "cosine", "constant", "fixmatch"]
 Augment = Literal["default", "resized_crop", "clip", "none"]
@@ -97,6 +98,9 @@ class SourceConfig:
     """Bilinear resize by this factor (the released code's 7/3 for CIFAR/STL10); used when input_size is None."""
     bn_mode: BNMode = "eval"
     """BatchNorm mode of the source: 'eval' (running statistics, the default) or 'train' (the released code)."""
+    input_scale: InputScale = "normalised"
+    """What the source is fed: 'normalised' (its own mean/std on [0, 1] pixels) or 'activitynet' (0-255 pixels
+    minus the ActivityNet mean, no std: the released video code's 2D-source input, faithful presets only)."""
     weight: float = 1.0
     """Per-source factor on its auxiliary loss, on top of the method's alpha."""
 

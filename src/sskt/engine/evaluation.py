@@ -68,7 +68,7 @@ class MultiLabelMetrics(TaskMetrics):
         super().__init__()
         self.ap = MultilabelAveragePrecision(num_labels=num_classes, average="macro", ignore_index=-1)
         self.loss = MeanMetric()
-        self.scores, self.targets = CatMetric(), CatMetric()
+        self.scores, self.targets = CatMetric(nan_strategy="disable"), CatMetric(nan_strategy="disable")
 
     def update(self, logits: Tensor, labels: Tensor) -> None:
         """logits float [B, K], labels float multi-hot [B, K] (-1: ignored)."""
@@ -143,7 +143,7 @@ class VideoMetrics(SingleLabelMetrics):
 
     def __init__(self, num_classes: int) -> None:
         super().__init__(num_classes)
-        self.probs, self.classes, self.videos = CatMetric(), CatMetric(), CatMetric()
+        self.probs, self.classes, self.videos = (CatMetric(nan_strategy="disable") for _ in range(3))
         self.seen = 0
 
     def update(self, logits: Tensor, labels: Tensor) -> None:

@@ -17,11 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sskt.config import BNMode, SourceConfig
+from sskt.config import BNMode, InputScale, SourceConfig
 from sskt.errors import UserError, check_choice
 from sskt.registry import Registry
 
 BN_MODES = get_args(BNMode)
+INPUT_SCALES = get_args(InputScale)
+ACTIVITYNET_MEAN = (114.7748, 107.7354, 99.4750)
+"""The released video code's mean on 0-255 pixels (Hara et al.'s ActivityNet statistics)."""
 RESIZE_MODE = "bilinear(align_corners=False, antialias when shrinking)"
 
 Stats = tuple[float, float, float]
@@ -89,8 +92,10 @@ class Source(nn.Module):
         resize_factor: float | None = None,
         bn_mode: str = "eval",
         native_size: int | None = None,
+        input_scale: str = "normalised",
     ) -> None:
         super().__init__()
+        self.input_scale = check_choice("source input_scale", input_scale, INPUT_SCALES)
         _check_policy(name, input_size, resize_factor)
         self.net = net.requires_grad_(False)
         self.name, self.num_classes, self.native_size = name, num_classes, native_size
@@ -135,7 +140,11 @@ class Source(nn.Module):
         return resize(pixels, self.input_size, self.resize_factor)
 
     def normalize(self, pixels: Tensor) -> Tensor:
-        """[0, 1] pixels -> the source's normalisation."""
+        """[0, 1] pixels -> the source's normalisation (or, for 'activitynet', 0-255 minus ActivityNet's mean)."""
+        if self.input_scale == "activitynet":
+            return pixels * 255 - torch.tensor(ACTIVITYNET_MEAN, dtype=pixels.dtype, device=pixels.device).view(
+                1, -1, 1, 1
+            )
         return (pixels - self._src_mean.to(pixels.dtype)) / self._src_std.to(pixels.dtype)
 
     def preprocess(self, x: Tensor) -> Tensor:
@@ -179,6 +188,7 @@ class Source(nn.Module):
             "resize_factor": self.resize_factor,
             "resize_mode": RESIZE_MODE,
             "bn_mode": self.bn_mode,
+            **({"input_scale": self.input_scale} if self.input_scale != "normalised" else {}),
         }
 
 
@@ -285,4 +295,5 @@ def build_source(cfg: SourceConfig, target_mean: Sequence[float], target_std: Se
         resize_factor=cfg.resize_factor,
         bn_mode=cfg.bn_mode,
         native_size=pre.native_size,
+        input_scale=cfg.input_scale,
     )
