@@ -40,6 +40,26 @@ def error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     return err
 
 
+class Killed(Exception):
+    """Stands in for a kill signal arriving right after the first checkpoint is on disk."""
+
+
+def train_killed_after_first_checkpoint(cfg: TrainConfig) -> None:
+    """Train ``cfg`` until its first checkpoint is written atomically, then stop as a kill would."""
+    from sskt.engine import loop, train
+
+    saved = loop.save_atomic
+
+    def save_then_die(state: dict, path) -> None:
+        saved(state, path)
+        raise Killed
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "save_atomic", save_then_die)
+        with pytest.raises(Killed):
+            train(cfg)
+
+
 def learned(name: str, value: float, threshold: float) -> bool:
     """``value > threshold``, appending ``{test, value, threshold, margin}`` as a JSON line to $SSKT_MARGIN_LOG when it
     is set, so the margins of the learning tests can be read off a run of the suite."""

@@ -9,11 +9,12 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import train_killed_after_first_checkpoint
 from safetensors.torch import load_file
 
 from sskt.config import SourceConfig, TrainConfig
 from sskt.config_io import load_config
-from sskt.engine import check_config, evaluate, loop, train
+from sskt.engine import check_config, evaluate, train
 from sskt.engine.checkpoint import load_checkpoint, save_atomic
 from sskt.engine.seeding import rng_state, seed_everything, set_rng_state
 from sskt.errors import UserError
@@ -25,10 +26,6 @@ SUMMARY_KEYS = {"final", "best", "best_epoch", "selected_by", "best_test_oracle"
 SUMMARY_KEYS |= {"wall_seconds", "seed", "git_commit", "versions", "method", "epochs"}
 
 
-class Killed(Exception):
-    """Stands in for a kill signal arriving right after the first checkpoint is on disk."""
-
-
 def _small(cfg: TrainConfig, epochs: int, out: str) -> TrainConfig:
     """2 steps per epoch (40 labelled images, batch 20), 2 validation images per class: enough to exercise every
     phase, fast on 2 cores. Precise BN is on, so resuming must also replay the statistics recomputed before each
@@ -38,19 +35,6 @@ def _small(cfg: TrainConfig, epochs: int, out: str) -> TrainConfig:
     return cfg
 
 
-def _train_killed_after_first_checkpoint(cfg: TrainConfig) -> None:
-    saved = loop.save_atomic
-
-    def save_then_die(state: dict, path) -> None:
-        saved(state, path)
-        raise Killed
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loop, "save_atomic", save_then_die)
-        with pytest.raises(Killed):
-            train(cfg)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory, tiny_cfg_factory) -> dict:
     """An uninterrupted 2-epoch run, and the same run killed after epoch 1 then resumed."""
@@ -58,7 +42,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_cfg_factory) -> dict:
     base = tiny_cfg_factory(root / "unused")
     full = train(_small(base, 2, str(root / "full")))
     cfg = _small(base, 2, str(root / "split"))
-    _train_killed_after_first_checkpoint(cfg)
+    train_killed_after_first_checkpoint(cfg)
     resumed = train(dataclasses.replace(cfg, resume=True))
     return {"root": root, "full": full, "resumed": resumed, "cfg": base}
 

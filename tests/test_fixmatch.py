@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import learned
+from conftest import learned, train_killed_after_first_checkpoint
 from lightning_fabric import Fabric
 from safetensors.torch import load_file
 from torch import nn
@@ -17,7 +17,7 @@ from sskt.data import build_dataset
 from sskt.data.randaugment import OP_NAMES, Cutout, RandAugment, strong_augment
 from sskt.data.spec import Batch
 from sskt.data.stream import TrainStream
-from sskt.engine import loop, train
+from sskt.engine import train
 from sskt.errors import UserError
 from sskt.methods import METHODS, MethodContext
 from sskt.methods.ema import EMA, ema_decay
@@ -179,19 +179,7 @@ def fixmatch_runs(colour_cfg, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("fixmatch")
     full = train(_fixmatch_cfg(colour_cfg, root / "full"))
     cfg = _fixmatch_cfg(colour_cfg, root / "split")
-    saved = loop.save_atomic
-
-    class Killed(Exception):
-        pass
-
-    def save_then_die(state, path):
-        saved(state, path)
-        raise Killed
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loop, "save_atomic", save_then_die)
-        with pytest.raises(Killed):
-            train(cfg)
+    train_killed_after_first_checkpoint(cfg)
     resumed = train(dataclasses.replace(cfg, resume=True))
     return {"root": root, "full": full, "resumed": resumed}
 

@@ -83,15 +83,20 @@ def eval_clip_starts(num_frames: int, clip_len: int) -> list[int]:
     return list(range(0, max(1, num_frames - clip_len + 1), clip_len))
 
 
-def video_scores(clip_logits: Tensor, video_ids: Tensor, num_videos: int) -> Tensor:
-    """Per video, the mean softmax of its clips: clip logits [N, K] and int64 video ids [N] -> [num_videos, K]."""
-    probs = clip_logits.float().softmax(1)
-    sums = torch.zeros(num_videos, probs.shape[1], dtype=probs.dtype).index_add_(0, video_ids, probs)
-    ones = torch.ones(len(video_ids), dtype=probs.dtype)
-    counts = torch.zeros(num_videos, dtype=probs.dtype).index_add_(0, video_ids, ones)
+def average_by_video(probs: Tensor, video_ids: Tensor, num_videos: int) -> Tensor:
+    """Per video, the mean of its clips' rows: probs [N, K] and int64 ids [N] in ``0..num_videos-1``."""
+    sums = torch.zeros(num_videos, probs.shape[1], dtype=probs.dtype, device=probs.device)
+    sums.index_add_(0, video_ids, probs)
+    counts = torch.zeros(num_videos, dtype=probs.dtype, device=probs.device)
+    counts.index_add_(0, video_ids, torch.ones(len(video_ids), dtype=probs.dtype, device=probs.device))
     if (counts == 0).any():
         raise ValueError(f"{int((counts == 0).sum())} videos have no clip")
     return sums / counts[:, None]
+
+
+def video_scores(clip_logits: Tensor, video_ids: Tensor, num_videos: int) -> Tensor:
+    """Per video, the mean softmax of its clips: clip logits [N, K] and int64 video ids [N] -> [num_videos, K]."""
+    return average_by_video(clip_logits.float().softmax(1), video_ids, num_videos)
 
 
 # --- space -----------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from torchmetrics import CatMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
 from sskt.data import eval_batches
+from sskt.data.clips import average_by_video
 from sskt.data.datasets import SubsetImageSet
 from sskt.data.spec import DatasetSpec, ImageSet
 from sskt.errors import check_choice
@@ -162,9 +163,9 @@ class VideoMetrics(SingleLabelMetrics):
         out = super().compute()
         probs, classes, videos = self.probs.compute(), self.classes.compute().long(), self.videos.compute().long()
         ids, inverse = torch.unique(videos, return_inverse=True)
-        sums = torch.zeros(len(ids), probs.shape[1], device=probs.device).index_add_(0, inverse, probs)
+        scores = average_by_video(probs, inverse, len(ids))
         truth = torch.zeros(len(ids), dtype=torch.long, device=probs.device).scatter_(0, inverse, classes)
-        out["video_acc"] = round(100.0 * (sums.argmax(1) == truth).float().mean().item(), 4)
+        out["video_acc"] = round(100.0 * (scores.argmax(1) == truth).float().mean().item(), 4)
         return out
 
 

@@ -30,8 +30,7 @@ def bce(logits: Tensor, targets: Tensor) -> Tensor:
     logits [B, K], targets float multi-hot [B, K]; entries of -1 (a class ignored for that image, VOC's difficult
     objects under ``data.voc_difficult: ignore``) are left out of the mean.
     """
-    if (targets < 0).any():
-        keep = (targets >= 0).to(logits.dtype)
-        per = F.binary_cross_entropy_with_logits(logits, targets.clamp(min=0).to(logits.dtype), reduction="none")
-        return (per * keep).sum() / keep.sum().clamp(min=1)
-    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
+    # Masked always: asking whether any entry is -1 would make the host wait for the device at every step.
+    keep = (targets >= 0).to(logits.dtype)
+    per = F.binary_cross_entropy_with_logits(logits, targets.clamp(min=0).to(logits.dtype), reduction="none")
+    return (per * keep).sum() / keep.sum().clamp(min=1)

@@ -84,8 +84,8 @@ def checkpoint_source(path: str, weights: str | None = None) -> Pretrained:
     card_path = config_path.parent / MODEL_CARD
     if card_path.is_file():  # a run finished by this version: its card says all, no dataset is built
         card = read_model_card(card_path)
-        cfg = {"model": card.architecture, "method": card.method, "sources": [card.source], "data": {}}
-        cfg["data"] = {"mean": card.mean, "std": card.std}
+        data = {"mean": card.mean, "std": card.std}
+        cfg = {"model": card.architecture, "method": card.method, "sources": [card.source], "data": data}
     else:
         cfg = _read_config(config_path, what)
     state = {k: v for k, v in state.items() if not k.startswith(AUX_PREFIX)}
