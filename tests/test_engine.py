@@ -23,7 +23,7 @@ from sskt.rundir import RunDir
 RECORD_KEYS = {"epoch", "train_loss", "lr", "epoch_seconds", "images_per_second", "test_acc", "test_loss"}
 RECORD_KEYS |= {"val_acc", "val_loss"}
 SUMMARY_KEYS = {"final", "best", "best_epoch", "selected_by", "best_test_oracle", "best_test_oracle_epoch"}
-SUMMARY_KEYS |= {"wall_seconds", "seed", "git_commit", "versions", "method", "epochs"}
+SUMMARY_KEYS |= {"wall_seconds", "seed", "git_commit", "versions", "machine", "method", "epochs"}
 
 
 def _small(cfg: TrainConfig, epochs: int, out: str) -> TrainConfig:
@@ -73,6 +73,8 @@ def test_run_directory_has_the_documented_files_and_keys(runs: dict) -> None:
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary) >= SUMMARY_KEYS
     assert set(summary["versions"]) == {"python", "torch", "torchvision", "lightning", "sskt"}
+    machine = summary["machine"]  # what timed the run: train_seconds compare only on the same kind of machine
+    assert machine["accelerator"] == "cpu" and machine["cores"] >= 1 and machine["threads"] >= 1 and machine["cpu"]
     assert summary["final"]["test_acc"] == records[-1]["test_acc"]
     # The validation split chooses the epoch (the first with the highest val_acc); 'best' holds every metric there.
     chosen = max(records, key=lambda r: (r["val_acc"], -r["epoch"]))

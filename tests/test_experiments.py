@@ -22,7 +22,7 @@ from sskt.experiments import curves
 from sskt.experiments.cells import LOCK, claim, release
 from sskt.experiments.grid import expand, grid_main, load_grid, parse_grid, run_grid, select, train_argv
 from sskt.experiments.report import group_runs, scratch_counterpart, write_report
-from sskt.experiments.runs import load_run
+from sskt.experiments.runs import load_run, provenance
 from sskt.experiments.stats import paired_diff, summarize, t_quantile_975
 
 
@@ -309,6 +309,40 @@ def test_groups_differ_only_in_seed_and_pair_with_scratch(tmp_path: Path) -> Non
     assert [g.label for g in groups] == ["scratch", "sskt"] and all(len(g.runs) == 3 for g in groups)
     assert scratch_counterpart(groups[1], groups) is groups[0]
     assert scratch_counterpart(groups[0], groups) is None
+
+
+def _set_config(run: Path, **changes: object) -> Path:
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return run
+
+
+def test_a_headline_pairs_with_the_scratch_run_whose_schedule_validation_chose(tmp_path: Path) -> None:
+    """Validation chose 200 epochs for scratch and 3 for SSKT: still each other's pair; a scratch run that differs
+    in anything but the schedule's length (here the learning rate) is not."""
+    scratch = [_set_config(_fabricate(tmp_path, "scratch", s, 80.0), epochs=200, eval_every=20) for s in range(2)]
+    sskt = [_fabricate(tmp_path, "sskt", s, 81.0) for s in range(2)]
+    groups = group_runs([load_run(r) for r in scratch + sskt])
+    assert scratch_counterpart(groups[1], groups) is groups[0]
+    for r in scratch:
+        _set_config(r, optim__lr=0.2)
+    groups = group_runs([load_run(r) for r in scratch + sskt])
+    assert scratch_counterpart(groups[1], groups) is None
+
+
+def test_provenance_names_the_machines_that_timed_the_runs(tmp_path: Path) -> None:
+    runs = [_fabricate(tmp_path, "scratch", s, 80.0) for s in range(3)]
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    summary["machine"] = {"cpu": "AMD EPYC", "cores": 2, "threads": 1, "accelerator": "cpu"}
+    (runs[0] / "summary.json").write_text(json.dumps(summary))
+    lines = provenance([load_run(r) for r in runs])
+    assert "- machines (runs): AMD EPYC, 2 cores, 1 threads, cpu (1); not recorded (2)" in lines
 
 
 def test_runs_made_before_a_config_field_existed_group_with_newer_runs(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from sskt.engine.checks import check_config
 from sskt.engine.evaluation import eval_splits, evaluate_splits, headline_metric
 from sskt.engine.precise_bn import recompute_bn_stats
 from sskt.engine.progress import EpochProgress, epoch_line
-from sskt.engine.records import git_commit, versions
+from sskt.engine.records import git_commit, machine, versions
 from sskt.engine.seeding import rng_state, seed_everything, set_rng_state
 from sskt.engine.soft_cache import attach_cache
 from sskt.engine.weights import model_card, save_target_weights
@@ -249,6 +249,7 @@ def finish(
         "seed": cfg.seed,
         "git_commit": git_commit(),
         "versions": versions(),
+        "machine": machine(fabric.device),
         "method": cfg.method.name,
         "epochs": cfg.epochs,
         "headline": headline_metric(spec.task, "test"),

@@ -1,7 +1,9 @@
-"""Provenance of a run: the git commit and the versions of the software that shapes its numbers."""
+"""Provenance of a run: the git commit, the versions of the software that shapes its numbers, and the machine that
+timed it (training seconds are only comparable between runs on the same kind of machine)."""
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -38,3 +40,21 @@ def versions() -> dict[str, str]:
         "lightning": lightning_fabric.__version__,
         "sskt": sskt.__version__,
     }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: torch.device) -> dict[str, object]:
+    """What timed the run: CPU model, cores, the threads torch used, and the accelerator (its name on CUDA)."""
+    out: dict[str, object] = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads()}
+    out["accelerator"] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return out

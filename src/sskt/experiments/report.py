@@ -24,6 +24,8 @@ from sskt.experiments.stats import PairedDiff, Summary, paired_diff, summarize
 
 # Keys a method brings with it: a group's scratch counterpart agrees with it on everything else.
 METHOD_PREFIXES = ("method.", "head.", "sources", "cache.", "data.unlabeled")
+# Keys of a schedule's length, which validation may choose per method.
+SCHEDULE_KEYS = ("epochs", "eval_every")
 HEADLINE_METRICS = ("test_acc", "test_ap", "test_map")
 _SEED_SUFFIX = re.compile(r"^(?P<label>.+)-seed(?P<seed>-?\d+)$")
 
@@ -125,15 +127,20 @@ def _short(value: Any) -> str:
 
 
 def scratch_counterpart(group: Group, groups: Sequence[Group]) -> Group | None:
-    """The scratch group with the same setting apart from method-specific keys, if exactly one exists."""
+    """The scratch group with the same setting apart from method-specific keys, if exactly one exists; failing
+    that, the one scratch group that differs at most in its schedule's length (a headline where validation chose
+    each method's epochs)."""
     if group.method == "scratch":
         return None
+    for ignored in (METHOD_PREFIXES, METHOD_PREFIXES + SCHEDULE_KEYS):
 
-    def base(g: Group) -> str:
-        return _freeze({k: v for k, v in g.setting.items() if not k.startswith(METHOD_PREFIXES)})
+        def base(g: Group, ignored: tuple[str, ...] = ignored) -> str:
+            return _freeze({k: v for k, v in g.setting.items() if not k.startswith(ignored)})
 
-    matches = [g for g in groups if g.method == "scratch" and base(g) == base(group)]
-    return matches[0] if len(matches) == 1 else None
+        matches = [g for g in groups if g.method == "scratch" and base(g) == base(group)]
+        if matches:
+            return matches[0] if len(matches) == 1 else None
+    return None
 
 
 def headline_metric(runs: Sequence[Run]) -> str:

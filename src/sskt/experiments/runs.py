@@ -90,12 +90,18 @@ def find_runs(root: Path) -> tuple[list[Run], list[Path]]:
 
 
 def provenance(runs: Sequence[Run]) -> list[str]:
-    """Markdown lines: the git commits and the package versions the runs came from."""
+    """Markdown lines: the git commits, the machines that timed the runs and the package versions they came from."""
     commits = sorted({str(r.summary.get("git_commit")) for r in runs})
     versions: dict[str, set[str]] = {}
     for r in runs:
         for pkg, v in (r.summary.get("versions") or {}).items():
             versions.setdefault(pkg, set()).add(str(v))
+    machines: dict[str, int] = {}
+    for r in runs:
+        m = r.summary.get("machine")
+        key = f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads, {m['accelerator']}" if m else "not recorded"
+        machines[key] = machines.get(key, 0) + 1
     lines = [f"- git commits: {', '.join(c[:12] for c in commits)}"]
+    lines.append("- machines (runs): " + "; ".join(f"{k} ({n})" for k, n in sorted(machines.items())))
     lines += [f"- {pkg}: {', '.join(sorted(vs))}" for pkg, vs in sorted(versions.items())]
     return lines
