@@ -98,3 +98,18 @@ def test_validation_chooses_the_schedule_length_within_a_budget(tmp_path) -> Non
     assert len(rows) == 2, rows
     (sskt,) = [r for r in rows if "sskt" in r]
     assert sskt.count("51.50 +- 0.71 (2); -30.00") == 3
+
+
+def test_runs_timed_at_different_speeds_are_flagged_at_the_budgets(tmp_path) -> None:
+    """Seed 1's scratch run took twice as long per epoch (another machine): the budget section says so, naming the
+    group and the ratio; SSKT's runs, equally fast, are not named. Equal speeds: no warning."""
+    for root, slow in ((tmp_path / "mixed", 2), (tmp_path / "even", 1)):
+        _run(root, "scratch", 0, SCRATCH)
+        _run(root, "scratch", 1, [(slow * t, v, a) for t, v, a in SCRATCH])
+        for seed in (0, 1):
+            _run(root, "sskt", seed, SSKT)
+    mixed, even = (
+        write_report(tmp_path / d).read_text().split("## At equal training time", 1)[1] for d in ("mixed", "even")
+    )
+    assert "**Mixed speeds:** the runs of scratch (2.00x) trained" in mixed.split("| group", 1)[0]
+    assert "sskt (" not in mixed.split("| group", 1)[0] and "Mixed speeds" not in even

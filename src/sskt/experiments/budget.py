@@ -118,6 +118,7 @@ def budget_section(rows: Sequence, metric: str, val: str) -> list[str]:
         "evaluated epoch fits. A run stopped at a budget is mid-schedule (its learning rate not yet annealed): a "
         "schedule that fits the budget whole is the fair reading. Differences pair by seed with scratch.",
         "",
+        *speed_warning(groups),
         f"| group | {head} |",
         "|---|" + "---|" * len(budgets),
     ]
@@ -137,6 +138,36 @@ def budget_section(rows: Sequence, metric: str, val: str) -> list[str]:
             cells.append(text)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+SPEED_SPREAD = 1.25
+"""Above this ratio of the slowest to the fastest run's seconds per epoch within a group, the time columns say that
+they mix machines or loads."""
+
+
+def seconds_per_epoch(run: Run) -> float | None:
+    """The run's mean training seconds per epoch."""
+    records = timed_records(run)
+    return records[-1]["train_seconds"] / len(records) if records else None
+
+
+def speed_warning(groups: Sequence) -> list[str]:  # noqa: ANN001 - report.Group
+    """Markdown lines naming the groups whose runs trained at speeds more than ``SPEED_SPREAD`` apart (runs timed on
+    different machines, or beside different work): their figures at a budget are not like for like."""
+    spread = {}
+    for g in groups:
+        speeds = [s for s in (seconds_per_epoch(r) for r in g.runs) if s]
+        if len(speeds) >= 2 and max(speeds) > SPEED_SPREAD * min(speeds):
+            spread[g.label] = max(speeds) / min(speeds)
+    if not spread:
+        return []
+    named = ", ".join(f"{label} ({ratio:.2f}x)" for label, ratio in spread.items())
+    return [
+        f"**Mixed speeds:** the runs of {named} trained at speeds this far apart (slowest against fastest seconds "
+        "per epoch): they were timed on different machines or beside different work, so their figures at a budget "
+        "are not like for like (the machines are listed at the end).",
+        "",
+    ]
 
 
 def time_plot(groups: Sequence, metric: str, val: str, out: Path) -> Path | None:  # noqa: ANN001
