@@ -126,6 +126,11 @@ def _short(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _base(group: Group, ignored: tuple[str, ...]) -> str:
+    """The group's setting without the keys that start with one of ``ignored``, frozen for comparison."""
+    return _freeze({k: v for k, v in group.setting.items() if not k.startswith(ignored)})
+
+
 def scratch_counterpart(group: Group, groups: Sequence[Group]) -> Group | None:
     """The scratch group with the same setting apart from method-specific keys, if exactly one exists; failing
     that, the one scratch group that differs at most in its schedule's length (a headline where validation chose
@@ -133,11 +138,7 @@ def scratch_counterpart(group: Group, groups: Sequence[Group]) -> Group | None:
     if group.method == "scratch":
         return None
     for ignored in (METHOD_PREFIXES, METHOD_PREFIXES + SCHEDULE_KEYS):
-
-        def base(g: Group, ignored: tuple[str, ...] = ignored) -> str:
-            return _freeze({k: v for k, v in g.setting.items() if not k.startswith(ignored)})
-
-        matches = [g for g in groups if g.method == "scratch" and base(g) == base(group)]
+        matches = [g for g in groups if g.method == "scratch" and _base(g, ignored) == _base(group, ignored)]
         if matches:
             return matches[0] if len(matches) == 1 else None
     return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,11 +97,10 @@ def provenance(runs: Sequence[Run]) -> list[str]:
     for r in runs:
         for pkg, v in (r.summary.get("versions") or {}).items():
             versions.setdefault(pkg, set()).add(str(v))
-    machines: dict[str, int] = {}
-    for r in runs:
-        m = r.summary.get("machine")
-        key = f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads, {m['accelerator']}" if m else "not recorded"
-        machines[key] = machines.get(key, 0) + 1
+    machines = Counter(
+        f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads, {m['accelerator']}" if m else "not recorded"
+        for m in (r.summary.get("machine") for r in runs)
+    )
     lines = [f"- git commits: {', '.join(c[:12] for c in commits)}"]
     lines.append("- machines (runs): " + "; ".join(f"{k} ({n})" for k, n in sorted(machines.items())))
     lines += [f"- {pkg}: {', '.join(sorted(vs))}" for pkg, vs in sorted(versions.items())]
