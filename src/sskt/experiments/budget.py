@@ -3,15 +3,17 @@
 A run's figure at budget ``t`` is the test headline at the epoch its validation split chooses among the evaluated
 epochs whose cumulative training seconds (``train_seconds`` in records.jsonl; evaluation excluded) fit within
 ``t``: what a user who stops training at ``t`` and keeps the validation-best checkpoint gets. The budgets of the
-table are the time at which scratch converged (the mean over its runs of the training seconds at their
-validation-chosen epoch), and 2x and 4x that. Times are as measured: runs that shared the machine ran slower.
+table are per seed: the training seconds at which that seed's scratch run converged (its validation-chosen epoch),
+and 2x and 4x that. A seed whose runs all trained on one machine is then read like for like even when the seeds
+ran on machines of different speeds (a benchmark that spans sessions); a group whose time relative to its seed's
+scratch run varies across seeds (a run timed on another machine, or beside heavier work) is flagged.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sskt.experiments.plots import learning_curves
@@ -57,13 +59,16 @@ def families(groups: Sequence) -> dict[str, list]:
     return out
 
 
-def family_at_budget(members: Sequence, seconds: float, val: str, test: str) -> dict[int, float]:
-    """Per seed: ``test`` of the member (schedule length) whose validation-chosen epoch within ``seconds`` has the
-    best ``val``: validation chooses the number of epochs as it chooses the epoch."""
+def family_at_budget(members: Sequence, seconds: Mapping[int, float], val: str, test: str) -> dict[int, float]:
+    """Per seed: ``test`` of the member (schedule length) whose validation-chosen epoch within the seed's budget
+    (``seconds[seed]``; seeds without one are left out) has the best ``val``: validation chooses the number of
+    epochs as it chooses the epoch."""
     best: dict[int, tuple[float, float]] = {}
     for g in members:
         for run in g.runs:
-            chosen = chosen_within(run, seconds, val, test)
+            if run.seed not in seconds:
+                continue
+            chosen = chosen_within(run, seconds[run.seed], val, test)
             if chosen is not None and (run.seed not in best or chosen[0] > best[run.seed][0]):
                 best[run.seed] = chosen
     return {seed: t for seed, (_, t) in best.items()}
@@ -103,22 +108,24 @@ def budget_section(rows: Sequence, metric: str, val: str) -> list[str]:
     scratch at the same budget. Empty without a scratch group that chose its epochs on validation (the one
     validation prefers, when a search holds several)."""
     groups, scratch = [r.group for r in rows], reference_scratch(rows, val)
-    converged = [s for s in (converged_seconds(r) for r in scratch.runs) if s is not None] if scratch else []
+    converged = seed_budgets(scratch) if scratch else {}
     if not converged:
         return []
-    base = sum(converged) / len(converged)
-    budgets = [f * base for f in BUDGET_FACTORS]
-    head = " | ".join(f"{f}x = {b / 60:.1f} min" for f, b in zip(BUDGET_FACTORS, budgets, strict=True))
+    base = sum(converged.values()) / len(converged)
+    budgets = [{seed: f * s for seed, s in converged.items()} for f in BUDGET_FACTORS]
+    head = " | ".join(f"{f}x = {f * base / 60:.1f} min" for f in BUDGET_FACTORS)
+    spread = f"{min(converged.values()) / 60:.1f}-{max(converged.values()) / 60:.1f}"
     lines = [
         "## At equal training time",
         "",
         f"`{metric}` at the epoch validation chooses among those trained within each budget (and, where a method ran "
-        "several schedule lengths, at the length validation chooses); the budgets are the training time at which "
-        f"scratch converged ({base / 60:.1f} min, mean over {len(converged)} runs) and 2x and 4x that; `-` where no "
-        "evaluated epoch fits. A run stopped at a budget is mid-schedule (its learning rate not yet annealed): a "
-        "schedule that fits the budget whole is the fair reading. Differences pair by seed with scratch.",
+        "several schedule lengths, at the length validation chooses); the budgets are per seed: the training time at "
+        f"which that seed's scratch run converged ({base / 60:.1f} min, mean over {len(converged)} seeds, "
+        f"{spread} min), and 2x and 4x that; the headings give the means; `-` where no evaluated epoch fits. A run "
+        "stopped at a budget is mid-schedule (its learning rate not yet annealed): a schedule that fits the budget "
+        "whole is the fair reading. Differences pair by seed with scratch.",
         "",
-        *speed_warning(groups),
+        *speed_warning(groups, scratch),
         f"| group | {head} |",
         "|---|" + "---|" * len(budgets),
     ]
@@ -141,8 +148,8 @@ def budget_section(rows: Sequence, metric: str, val: str) -> list[str]:
 
 
 SPEED_SPREAD = 1.25
-"""Above this ratio of the slowest to the fastest run's seconds per epoch within a group, the time columns say that
-they mix machines or loads."""
+"""Above this ratio of the largest to the smallest of a group's per-seed speeds relative to scratch, the time columns
+say that they mix machines or loads."""
 
 
 def seconds_per_epoch(run: Run) -> float | None:
@@ -151,21 +158,36 @@ def seconds_per_epoch(run: Run) -> float | None:
     return records[-1]["train_seconds"] / len(records) if records else None
 
 
-def speed_warning(groups: Sequence) -> list[str]:  # noqa: ANN001 - report.Group
-    """Markdown lines naming the groups whose runs trained at speeds more than ``SPEED_SPREAD`` apart (runs timed on
-    different machines, or beside different work): their figures at a budget are not like for like."""
+def seed_budgets(scratch) -> dict[int, float]:  # noqa: ANN001 - report.Group
+    """Per seed: the training seconds at which the seed's scratch run converged (its validation-chosen epoch)."""
+    found = {run.seed: converged_seconds(run) for run in scratch.runs}
+    return {seed: s for seed, s in found.items() if s is not None}
+
+
+def relative_speeds(group, scratch) -> dict[int, float]:  # noqa: ANN001 - report.Group
+    """Per seed: the group's seconds per epoch over its seed's scratch run's (the machine's speed cancels)."""
+    ref = {run.seed: seconds_per_epoch(run) for run in scratch.runs}
+    mine = {run.seed: seconds_per_epoch(run) for run in group.runs}
+    return {seed: s / ref[seed] for seed, s in mine.items() if s and ref.get(seed)}
+
+
+def speed_warning(groups: Sequence, scratch) -> list[str]:  # noqa: ANN001 - report.Group
+    """Markdown lines naming the groups whose time relative to their seed's scratch run varies more than
+    ``SPEED_SPREAD`` across seeds: a run timed on another machine than its seed's scratch run, or beside heavier
+    work, so its figures at the per-seed budgets are not like for like."""
     spread = {}
     for g in groups:
-        speeds = [s for s in (seconds_per_epoch(r) for r in g.runs) if s]
-        if len(speeds) >= 2 and max(speeds) > SPEED_SPREAD * min(speeds):
-            spread[g.label] = max(speeds) / min(speeds)
+        ratios = list(relative_speeds(g, scratch).values()) if g is not scratch else []
+        if len(ratios) >= 2 and max(ratios) > SPEED_SPREAD * min(ratios):
+            spread[g.label] = max(ratios) / min(ratios)
     if not spread:
         return []
     named = ", ".join(f"{label} ({ratio:.2f}x)" for label, ratio in spread.items())
     return [
-        f"**Mixed speeds:** the runs of {named} trained at speeds this far apart (slowest against fastest seconds "
-        "per epoch): they were timed on different machines or beside different work, so their figures at a budget "
-        "are not like for like (the machines are listed at the end).",
+        f"**Mixed speeds:** the runs of {named} trained this far apart across seeds in seconds per epoch relative to "
+        "their seed's scratch run (largest against smallest ratio): some were timed on another machine than their "
+        "scratch run, or beside heavier work, so their figures at a budget are not like for like (the machines are "
+        "listed at the end).",
         "",
     ]
 
