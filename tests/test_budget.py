@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from sskt.config import SourceConfig, TrainConfig
-from sskt.experiments.budget import at_budget, converged_seconds
+from sskt.experiments.budget import at_budget, converged_seconds, time_curve
 from sskt.experiments.report import write_report
 from sskt.experiments.runs import load_run
 
@@ -70,6 +70,7 @@ def test_report_tabulates_equal_budgets_and_plots_accuracy_against_time(tmp_path
     assert sskt[0].startswith("61.50 +- 0.71 (2); -20.00") and sskt[1].startswith("76.50 +- 0.71 (2); -5.00")
     assert sskt[2].startswith("87.50 +- 0.71 (2); +6.00")
     assert (tmp_path / "test_acc_vs_time.png").stat().st_size > 1000
+    assert (tmp_path / "test_acc_vs_budget.png").stat().st_size > 1000
 
 
 def test_report_sets_the_sskt_family_against_the_strongest_baseline(tmp_path) -> None:
@@ -115,6 +116,14 @@ def test_a_seed_timed_on_a_slower_machine_reads_the_same_at_its_own_budgets(tmp_
     table = [line for line in slow.splitlines() if line.startswith("| sskt") or line.startswith("| scratch")]
     assert table and all(line in even for line in table), (table, even)
     assert "Mixed speeds" not in slow and "0.2-0.3 min" in slow
+    # the figure against multiples of the seed's scratch converged time: the same curve from both machines
+    curves = []
+    for root in (tmp_path / "slow", tmp_path / "even"):
+        runs = [load_run(root / f"sskt-seed{seed}") for seed in (0, 1)]
+        unit = {seed: converged_seconds(load_run(root / f"scratch-seed{seed}")) for seed in (0, 1)}
+        x, stats = time_curve(runs, "val_acc", "test_acc", points=5, unit=unit)
+        curves.append((x, [(s.mean, s.n) for s in stats]))
+    assert curves[0] == curves[1] and curves[0][0] == [1.0, 1.75, 2.5, 3.25, 4.0], curves
 
 
 def test_a_run_timed_apart_from_its_seeds_scratch_run_is_flagged(tmp_path) -> None:

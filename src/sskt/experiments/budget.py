@@ -81,16 +81,21 @@ def converged_seconds(run: Run) -> float | None:
     return records[epoch - 1]["train_seconds"] if isinstance(epoch, int) and 0 < epoch <= len(records) else None
 
 
-def time_curve(runs: Sequence[Run], val: str, test: str, points: int = 40) -> tuple[list[float], list[Summary]]:
-    """Minutes and the budget figure's summary over ``runs`` at each, from the time every run has a figure to
-    the longest run's end."""
+def time_curve(
+    runs: Sequence[Run], val: str, test: str, points: int = 40, unit: Mapping[int, float] | None = None
+) -> tuple[list[float], list[Summary]]:
+    """Time and the budget figure's summary over ``runs`` at each, from the time every run has a figure to the
+    longest run's end. Time is in minutes, or with ``unit`` in multiples of ``unit[seed]`` seconds (runs of seeds
+    without one are left out)."""
+    scale = unit if unit is not None else {run.seed: 60.0 for run in runs}
+    runs = [run for run in runs if run.seed in scale]
     if not runs:
         return [], []
-    start = max(min(r["train_seconds"] for r in timed_records(run) if val in r) for run in runs)
-    end = max(timed_records(run)[-1]["train_seconds"] for run in runs)
+    start = max(min(r["train_seconds"] for r in timed_records(run) if val in r) / scale[run.seed] for run in runs)
+    end = max(timed_records(run)[-1]["train_seconds"] / scale[run.seed] for run in runs)
     grid = [start + (end - start) * i / (points - 1) for i in range(points)] if end > start else [start]
-    values = [[at_budget(run, t, val, test) for run in runs] for t in grid]
-    return [t / 60 for t in grid], [summarize([v for v in vs if v is not None]) for vs in values]
+    values = [[at_budget(run, t * scale[run.seed], val, test) for run in runs] for t in grid]
+    return grid, [summarize([v for v in vs if v is not None]) for vs in values]
 
 
 def _timed(group) -> list[Run]:  # noqa: ANN001 - report.Group (imported there from here)
@@ -192,14 +197,23 @@ def speed_warning(groups: Sequence, scratch) -> list[str]:  # noqa: ANN001 - rep
     ]
 
 
-def time_plot(groups: Sequence, metric: str, val: str, out: Path) -> Path | None:  # noqa: ANN001
-    """``<metric>_vs_time.png``: every group's validation-chosen test figure against training minutes."""
-    curves = {g.label: time_curve(_timed(g), val, metric) for g in groups}
-    curves = {k: v for k, v in curves.items() if v[0] and not all(math.isnan(s.mean) for s in v[1])}
-    if not curves:
-        return None
+def time_plots(rows: Sequence, metric: str, val: str, out: Path) -> list[Path]:  # noqa: ANN001 - report.Row
+    """``<metric>_vs_time.png``: every group's validation-chosen test figure against training minutes; and
+    ``<metric>_vs_budget.png``: the same against multiples of the seed's scratch run's converged time (the
+    per-seed budgets of the table, where the machine's speed cancels)."""
+    groups, scratch = [r.group for r in rows], reference_scratch(rows, val)
+    budgets = seed_budgets(scratch) if scratch else {}
     title = f"{metric} at the validation-chosen epoch vs training time (mean +- std)"
-    return learning_curves(curves, out / f"{metric}_vs_time.png", metric, xlabel="training minutes", title=title)
+    plots = [(None, "time", "training minutes")]
+    if budgets:
+        plots.append((budgets, "budget", "training time / the seed's scratch converged time"))
+    paths = []
+    for unit, name, xlabel in plots:
+        curves = {g.label: time_curve(_timed(g), val, metric, unit=unit) for g in groups}
+        curves = {k: v for k, v in curves.items() if v[0] and not all(math.isnan(s.mean) for s in v[1])}
+        if curves:
+            paths.append(learning_curves(curves, out / f"{metric}_vs_{name}.png", metric, xlabel=xlabel, title=title))
+    return paths
 
 
 def chosen_by_validation(rows: Sequence, val: str) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any
 from jsonargparse import ArgumentParser
 
 from sskt.errors import UserError, choice_error
-from sskt.experiments.budget import budget_section, chosen_by_validation, strongest_section, time_plot
+from sskt.experiments.budget import budget_section, chosen_by_validation, strongest_section, time_plots
 from sskt.experiments.plots import bar_chart, learning_curves
 from sskt.experiments.runs import Run, collect_runs, provenance, slug
 from sskt.experiments.stats import PairedDiff, Summary, paired_diff, summarize
@@ -287,8 +287,7 @@ def write_plots(groups: Sequence[Group], rows: Sequence[Row], metric: str, out: 
         paths.append(bar_chart(bars, out / f"bars_{slug(axis)}.png", f"final {metric} by {axis}", metric, axis))
     curves = {g.label: curve(g, metric) for g in groups}
     paths.append(learning_curves(curves, out / f"curves_{metric}.png", metric))
-    timed = time_plot(groups, metric, selection_metric(metric), out)
-    return paths + ([timed] if timed else [])
+    return paths + time_plots(rows, metric, selection_metric(metric), out)
 
 
 def write_report(
