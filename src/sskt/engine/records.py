@@ -53,6 +53,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def load_average() -> float:
+    """The machine's 1-minute load average (runnable processes), or NaN where the OS does not report one."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
 def machine(device: torch.device) -> dict[str, object]:
     """What timed the run: CPU model, cores, the threads torch used, and the accelerator (its name on CUDA)."""
     out: dict[str, object] = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads()}

@@ -11,6 +11,7 @@ scratch run varies across seeds (a run timed on another machine, or beside heavi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -193,6 +194,54 @@ def speed_warning(groups: Sequence, scratch) -> list[str]:  # noqa: ANN001 - rep
         "their seed's scratch run (largest against smallest ratio): some were timed on another machine than their "
         "scratch run, or beside heavier work, so their figures at a budget are not like for like (the machines are "
         "listed at the end).",
+        "",
+    ]
+
+
+LOAD_MARGIN = 0.5
+"""A run's mean 1-minute load above the machine's cores plus this: something else wanted the cores too."""
+CPU_SHARE_FLOOR = 0.75
+"""A run's CPU seconds over wall seconds below this fraction of the threads it could use: it did not get them."""
+
+
+def shared_machine(run: Run) -> str | None:
+    """Why ``run`` shared its machine, from its epoch records (``cpu_seconds``, ``epoch_seconds``, ``load_1min``)
+    and its summary's machine (``cores``, ``threads``); None when it did not, or when it recorded neither (runs
+    recorded before the fields)."""
+    recs = [r for r in run.records if {"cpu_seconds", "epoch_seconds", "load_1min"} <= r.keys()]
+    box = run.summary.get("machine") or {}
+    cores, threads = box.get("cores"), box.get("threads")
+    if not recs or not cores or not threads:
+        return None
+    load = sum(r["load_1min"] for r in recs) / len(recs)
+    share = sum(r["cpu_seconds"] for r in recs) / max(sum(r["epoch_seconds"] for r in recs), 1e-9)
+    usable = min(threads, cores)
+    if load > cores + LOAD_MARGIN:
+        return f"mean load {load:.1f} on {cores} cores"
+    if share < CPU_SHARE_FLOOR * usable:
+        return f"{share:.2f} CPU s per wall s on {usable} threads"
+    return None
+
+
+def on_cpu_clock(run: Run) -> Run | None:
+    """``run`` with its time read in CPU seconds: each record's ``epoch_seconds`` and ``train_seconds`` become its
+    ``cpu_seconds`` and ``train_cpu_seconds`` (a run timed beside other work then costs what it computed, not what it
+    waited). None for a run recorded before the fields: it cannot be read on this clock."""
+    if not run.records or not all("cpu_seconds" in r and "train_cpu_seconds" in r for r in run.records):
+        return None
+    records = [r | {"epoch_seconds": r["cpu_seconds"], "train_seconds": r["train_cpu_seconds"]} for r in run.records]
+    return dataclasses.replace(run, records=records)
+
+
+def shared_machine_lines(groups: Sequence) -> list[str]:
+    """Markdown lines naming every run that shared its machine and why (empty when none did)."""
+    found = [(g.label, run.seed, why) for g in groups for run in g.runs if (why := shared_machine(run))]
+    if not found:
+        return []
+    named = "; ".join(f"{label} seed {seed} ({why})" for label, seed, why in found)
+    return [
+        f"**Shared machine:** {named}. Their training seconds include waiting for other work; "
+        "`--clock cpu` reads every budget in CPU seconds instead.",
         "",
     ]
 
