@@ -74,6 +74,7 @@ def _kd_cfg(colour_cfg, probe_run, out, cache: bool):
     cfg.data.unlabeled, cfg.data.unlabeled_ratio = "rest", 1
     cfg.cache.enabled, cfg.cache.views = cache, 2
     cfg.epochs, cfg.method.kd.lam = 5, 0.5  # the labels and the teacher weigh alike: a 3-epoch probe is no oracle
+    cfg.method.kd.label_weight = None  # Hinton's (1 - lam) CE: 0.5 CE + 0.5 KD
     return cfg
 
 
@@ -87,7 +88,8 @@ def test_kd_distils_on_every_row_and_labels_only_the_labelled(colour_cfg, probe_
     images = torch.randn(8, 3, 16, 16, requires_grad=True)
     soft = {TEACHER_KEY: torch.randn(8, 4)}
     batch = Batch(images=images, labels=torch.tensor([0, 1, 2, 3]), indices=torch.arange(8), num_labeled=4, soft=soft)
-    loss, logits, logs = method.compute_loss(batch)
+    out = method.compute_loss(batch)
+    loss, logs = out.loss, out.logs
     z = method.net(images).logits
     T, lam = cfg.method.kd.temperature, cfg.method.kd.lam
     kl = F.kl_div(F.log_softmax(z / T, 1), F.softmax(soft[TEACHER_KEY] / T, 1), reduction="batchmean") * T * T

@@ -20,11 +20,12 @@ from sskt.config import TrainConfig
 from sskt.data.datasets import TensorImageSet
 from sskt.data.spec import Batch, DatasetSpec
 from sskt.errors import UserError
-from sskt.methods import METHODS, MethodContext
+from sskt.methods import METHODS, MethodContext, StepOutput
 from sskt.methods import dml as dml_module
-from sskt.methods.kd import kd_objective
+from sskt.methods.kd import TEACHER_KEY
 from sskt.models import MODELS
-from sskt.models.base import Backbone, StageInfo
+from sskt.models.base import Backbone, StageInfo, TargetOutput
+from sskt.sources import Source
 
 LEARNED = 75.0
 """Test accuracy (percent) a correct method reaches on the colour task (4 classes: chance 25%), where a correct
@@ -106,31 +107,74 @@ def built(name: str, model: str, primary: str = "ce", **method: object):
 
 
 # --- KD ---------------------------------------------------------------------------------------------------------
-def test_kd_objective_golden_values() -> None:
-    # z = (0, 2 ln 3), t = (2 ln 3, 0), T = 2: q = softmax(z/2) = (1/4, 3/4), p = softmax(t/2) = (3/4, 1/4).
-    # KL(p || q) = 3/4 ln 3 + 1/4 ln(1/3) = ln(3) / 2, times T^2 = 4: 2 ln 3.
-    # CE at T = 1 with y = 1: softmax(z) = (1/10, 9/10), so -ln(9/10) = ln(10/9).
-    z = torch.tensor([[0.0, 2 * math.log(3)]])
-    t = torch.tensor([[2 * math.log(3), 0.0]])
-    loss, ce, distill = kd_objective(z, t, torch.tensor([1]), temperature=2.0, lam=0.9)
-    assert ce.item() == pytest.approx(math.log(10 / 9), rel=1e-6)
-    assert distill.item() == pytest.approx(2 * math.log(3), rel=1e-6)
-    assert loss.item() == pytest.approx(0.1 * math.log(10 / 9) + 0.9 * 2 * math.log(3), rel=1e-6)
-    # legacy: the released code's elementwise mean divides by the C = 2 classes as well
-    _, _, legacy = kd_objective(z, t, torch.tensor([1]), temperature=2.0, lam=0.9, legacy=True)
-    assert legacy.item() == pytest.approx(math.log(3), rel=1e-6)
+class FixedLogits(nn.Module):
+    """A target whose logits are given (a parameter, so gradients show): golden values of the loss training
+    computes."""
+
+    def __init__(self, logits: Tensor) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(logits.clone())
+
+    def forward(self, x: Tensor) -> TargetOutput:
+        return TargetOutput(self.logits[: len(x)])
+
+
+def kd_loss(z: Tensor, t: Tensor, labels: Tensor, primary: str = "ce", **kd: object) -> tuple[StepOutput, nn.Module]:
+    """The KD method's ``compute_loss`` (what training calls) for student logits ``z`` against teacher logits ``t``
+    (served as a batch's cached logits), and the fixed-logit target (its ``logits`` get the gradient)."""
+    cfg = TrainConfig(seed=0, accelerator="cpu", progress=False)
+    cfg.method.name, cfg.method.primary_loss, cfg.method.kd.teacher = "kd", primary, "checkpoint:unused"
+    for key, value in kd.items():
+        setattr(cfg.method.kd, key, value)
+    spec = toy_spec(classes=z.shape[1])
+    teacher = Source(nn.Identity(), name="t", num_classes=z.shape[1], mean=(0.5,) * 3, std=(0.5,) * 3,
+                     target_mean=spec.mean, target_std=spec.std)  # fmt: skip
+    m = METHODS.create("kd", ctx=MethodContext(cfg, spec, 1, frozen={TEACHER_KEY: teacher}))
+    target = m.networks["target"].raw = FixedLogits(z)
+    n = len(z)
+    batch = Batch(torch.zeros(n, 3, 16, 16), labels, torch.arange(n), n, soft={TEACHER_KEY: t})
+    return m.compute_loss(batch), target
+
+
+# z = (0, 2 ln 3), t = (2 ln 3, 0), T = 2: q = softmax(z/2) = (1/4, 3/4), p = softmax(t/2) = (3/4, 1/4).
+# KL(p || q) = 3/4 ln 3 + 1/4 ln(1/3) = ln(3) / 2, times T^2 = 4: 2 ln 3.
+# CE at T = 1 with y = 1: softmax(z) = (1/10, 9/10), so -ln(9/10) = ln(10/9).
+GOLDEN_Z = torch.tensor([[0.0, 2 * math.log(3)]])
+GOLDEN_T = torch.tensor([[2 * math.log(3), 0.0]])
+GOLDEN_CE, GOLDEN_KD = math.log(10 / 9), 2 * math.log(3)
+
+
+def test_kd_golden_values_of_the_section_9_form_the_default() -> None:
+    """``CE + lam T^2 KL``: the label loss keeps weight 1 (METHOD.md section 9)."""
+    out, _ = kd_loss(GOLDEN_Z, GOLDEN_T, torch.tensor([1]), temperature=2.0, lam=0.9)
+    assert out.logs["primary_loss"].item() == pytest.approx(GOLDEN_CE, rel=1e-6)
+    assert out.logs["kd_loss"].item() == pytest.approx(GOLDEN_KD, rel=1e-6)
+    assert out.loss.item() == pytest.approx(GOLDEN_CE + 0.9 * GOLDEN_KD, rel=1e-6)
+    half, _ = kd_loss(GOLDEN_Z, GOLDEN_T, torch.tensor([1]), temperature=2.0, lam=0.9, label_weight=0.5)
+    assert half.loss.item() == pytest.approx(0.5 * GOLDEN_CE + 0.9 * GOLDEN_KD, rel=1e-6)
+
+
+def test_kd_golden_values_of_hintons_form() -> None:
+    """``label_weight: null``: ``(1 - lam) CE + lam T^2 KL`` (section 7), and the released code's elementwise mean
+    (``legacy``), which divides by the C = 2 classes as well."""
+    out, _ = kd_loss(GOLDEN_Z, GOLDEN_T, torch.tensor([1]), temperature=2.0, lam=0.9, label_weight=None)
+    assert out.logs["primary_loss"].item() == pytest.approx(GOLDEN_CE, rel=1e-6)
+    assert out.logs["kd_loss"].item() == pytest.approx(GOLDEN_KD, rel=1e-6)
+    assert out.loss.item() == pytest.approx(0.1 * GOLDEN_CE + 0.9 * GOLDEN_KD, rel=1e-6)
+    legacy, _ = kd_loss(GOLDEN_Z, GOLDEN_T, torch.tensor([1]), temperature=2.0, lam=0.9, label_weight=None, legacy=True)
+    assert legacy.logs["kd_loss"].item() == pytest.approx(math.log(3), rel=1e-6)
 
 
 def test_kd_gradient_vanishes_when_student_matches_teacher() -> None:
     torch.manual_seed(0)
     t = torch.randn(6, 5) * 3
-    z = t.clone().requires_grad_()
-    loss, _, _ = kd_objective(z, t, torch.randint(0, 5, (6,)), temperature=4.0, lam=1.0)
-    (grad,) = torch.autograd.grad(loss, z)
-    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    out, target = kd_loss(t, t, torch.randint(0, 5, (6,)), temperature=4.0, lam=1.0, label_weight=None)
+    (grad,) = torch.autograd.grad(out.loss, target.logits)
+    assert out.loss.item() == pytest.approx(0.0, abs=1e-6)
     assert grad.abs().max().item() < 1e-7
-    z2 = (t + torch.randn(6, 5)).requires_grad_()  # a student that differs does get a gradient
-    (grad2,) = torch.autograd.grad(kd_objective(z2, t, torch.zeros(6, dtype=torch.long), 4.0, 1.0)[0], z2)
+    differs, target = kd_loss(t + torch.randn(6, 5), t, torch.zeros(6, dtype=torch.long), temperature=4.0, lam=1.0,
+                              label_weight=None)  # fmt: skip
+    (grad2,) = torch.autograd.grad(differs.loss, target.logits)  # a student that differs does get a gradient
     assert grad2.abs().max().item() > 1e-3
 
 
@@ -273,13 +317,14 @@ def test_baseline_resumes_exactly(tiny_cfg: TrainConfig, tiny_model: str, name: 
 
 
 # --- method.primary_loss is honoured by every baseline, or refused ---------------------------------------------------
-def test_kd_objective_takes_the_configured_label_loss() -> None:
+def test_kd_takes_the_configured_label_loss() -> None:
     from sskt.losses import focal
 
     z, t, y = torch.randn(6, 5), torch.randn(6, 5), torch.arange(6) % 5
-    loss, ce, distill = kd_objective(z, t, y, 4.0, 0.9, primary=focal)
+    out, _ = kd_loss(z, t, y, primary="focal", temperature=4.0, lam=0.9, label_weight=None)
+    ce, distill = out.logs["primary_loss"], out.logs["kd_loss"]
     assert ce.item() == pytest.approx(focal(z, y).item()) and ce.item() < F.cross_entropy(z, y).item()
-    assert loss.item() == pytest.approx(0.1 * ce.item() + 0.9 * distill.item(), rel=1e-6)
+    assert out.loss.item() == pytest.approx(0.1 * ce.item() + 0.9 * distill.item(), rel=1e-6)
 
 
 def test_dml_and_maxl_use_the_configured_label_loss(tiny_model: str) -> None:

@@ -267,10 +267,17 @@ def test_folders_with_one_layout_and_other_pixels_never_share_a_cache(tmp_path: 
 
 def test_topk_away_from_temperature_1_and_unknown_dtypes_are_refused(tmp_path: Path) -> None:
     spec = toy_spec()
-    cfg = cache_cfg(tmp_path, topk=3)
-    cfg.method.sskt.temperature = 3.0
+    from sskt.config import SourceConfig
+    from sskt.engine.checks import check_config
+
+    # The method declares the temperature at which it reads the cache (the cache knows no method).
+    cfg = cache_cfg(tmp_path, topk=3, enabled=True)
+    cfg.method.name, cfg.sources, cfg.method.sskt.temperature = "sskt", [SourceConfig(name=TINY)], 3.0
     with pytest.raises(UserError, match=r"cache.topk=3 is exact only at method.sskt.temperature 1, got 3.0"):
-        opened(cfg, spec, tiny_source(spec))
+        check_config(cfg)
+    cfg.method.name, cfg.method.sskt.temperature, cfg.method.kd.teacher = "kd", 1.0, TINY
+    with pytest.raises(UserError, match=r"cache.topk=3 is exact only at method.kd.temperature 1, got 4.0"):
+        check_config(cfg)
     cfg = cache_cfg(tmp_path, dtype="bfloat16")
     with pytest.raises(UserError, match=r"cache.dtype.*'bfloat16'.*float16, float32"):
         opened(cfg, spec, tiny_source(spec))

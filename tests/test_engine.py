@@ -128,7 +128,8 @@ def test_check_config_names_the_bad_value_and_the_choices() -> None:
 
 
 def test_check_config_refuses_inexact_topk_and_bad_split_sizes_before_any_work() -> None:
-    cfg = TrainConfig()
+    cfg = TrainConfig(sources=[SourceConfig()])
+    cfg.method.name = "sskt"  # the method declares the temperature it reads the cache at
     cfg.cache.enabled, cfg.cache.topk, cfg.method.sskt.temperature = True, 5, 3.0
     with pytest.raises(UserError, match="exact only at method.sskt.temperature 1"):
         check_config(cfg)
@@ -170,3 +171,26 @@ def test_a_run_made_before_a_field_retired_still_reads(runs: dict, tmp_path) -> 
     (old / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     assert load_config(old / "config.yaml").epochs == 2
     assert evaluate(old)["test_acc"] == pytest.approx(runs["full"]["final"]["test_acc"], abs=1e-6)
+
+
+def test_older_configs_move_the_ema_decay_and_keep_hintons_kd_form() -> None:
+    """``method.ema_decay`` became ``ema.decay``; KD runs made before ``method.kd.label_weight`` used 1 - lam."""
+    from sskt.config_io import config_from_dict, config_to_dict, drop_retired
+
+    old = config_from_dict(TrainConfig, drop_retired({"method": {"name": "scratch", "ema_decay": 0.999}}))
+    assert old.ema.decay == 0.999 and old.ema.warmup and old.method.kd.label_weight == 1.0
+    kd = config_from_dict(TrainConfig, drop_retired({"method": {"name": "kd+sskt", "kd": {"lam": 0.9}}}))
+    assert kd.method.kd.label_weight is None and kd.method.kd.lam == 0.9
+    today = config_to_dict(TrainConfig(method=dataclasses.replace(TrainConfig().method, name="kd")))
+    assert drop_retired(today) == today, "today's configs pass unchanged"
+
+
+def test_the_v2_benchmark_records_still_read() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "records"
+    configs = {p.parent.name: load_config(p) for p in root.glob("fashion_v2*/*/config.yaml")}
+    if not configs:
+        pytest.skip("no benchmark records in this checkout")
+    assert all(c.ema.decay == (0.999 if "scratch_ema" in name else None) for name, c in configs.items())
+    assert all(c.method.kd.label_weight is None for name, c in configs.items() if "kd" in name.split("-")[0])

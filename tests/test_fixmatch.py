@@ -12,7 +12,7 @@ from lightning_fabric import Fabric
 from safetensors.torch import load_file
 from torch import nn
 
-from sskt.config import FixMatchConfig
+from sskt.config import EMAConfig, FixMatchConfig, TrainConfig
 from sskt.data import build_dataset
 from sskt.data.randaugment import OP_NAMES, Cutout, RandAugment, strong_augment
 from sskt.data.spec import Batch
@@ -20,7 +20,7 @@ from sskt.data.stream import TrainStream
 from sskt.engine import train
 from sskt.errors import UserError
 from sskt.methods import METHODS, MethodContext
-from sskt.methods.ema import EMA, ema_decay
+from sskt.methods.ema import EMA, resolve_decay
 from sskt.methods.fixmatch import consistency_loss
 from sskt.rundir import RunDir
 
@@ -97,11 +97,26 @@ def test_ema_update_follows_the_formula_with_its_warm_up() -> None:
 
 
 def test_ema_decay_defaults_and_bounds() -> None:
-    assert ema_decay(None, fixmatch=True) == 0.999
-    assert ema_decay(None, fixmatch=False) == 0.0
-    assert ema_decay(0.99, fixmatch=False) == 0.99
-    with pytest.raises(UserError, match=r"method.ema_decay must be in \[0, 1\).*1.5"):
-        ema_decay(1.5, fixmatch=True)
+    # FixMatch's term declares its recipe's 0.999; every other method declares none (0, off).
+    defaults = {name: METHODS.get(name).default_ema_decay(TrainConfig()) for name in METHODS.list()}
+    assert all(d == (0.999 if "fixmatch" in name else 0.0) for name, d in defaults.items()), defaults
+    assert resolve_decay(EMAConfig(decay=None), default=0.999) == 0.999
+    assert resolve_decay(EMAConfig(decay=None), default=0.0) == 0.0
+    assert resolve_decay(EMAConfig(decay=0.99), default=0.0) == 0.99
+    with pytest.raises(UserError, match=r"ema.decay must be in \[0, 1\).*1.5"):
+        resolve_decay(EMAConfig(decay=1.5), default=0.999)
+
+
+def test_ema_without_warm_up_uses_the_decay_from_the_first_step_and_reports_what_ran() -> None:
+    net = nn.Linear(2, 1)
+    ema = EMA(net, decay=0.999, warmup=False)
+    assert ema.effective_decay() == 0.0, "no update yet"
+    ema.update(net)
+    assert ema.effective_decay() == 0.999
+    warm = EMA(net, decay=0.999)
+    for _ in range(800):
+        warm.update(net)
+    assert warm.effective_decay() == pytest.approx(801 / 810), "FixMatch's 800 steps never reach 0.999"
 
 
 # --- the strong view -----------------------------------------------------------------------------------------------
@@ -161,10 +176,10 @@ def test_one_forward_carries_labelled_weak_and_strong_rows(colour_cfg, tmp_path)
         num_labeled=2,
         strong=torch.randn(4, 3, 16, 16),
     )
-    loss, logits, logs = method.compute_loss(batch)
-    assert sizes == [10] and logits.shape == (2, 4)
-    assert {"primary_loss", "unlabeled_loss", "mask_rate"} <= set(logs)
-    assert method.rows == 10
+    out = method.compute_loss(batch)
+    assert sizes == [10] and out.logits.shape == (2, 4)
+    assert {"primary_loss", "unlabeled_loss", "mask_rate"} <= set(out.logs)
+    assert out.rows == 10
 
 
 def test_fixmatch_needs_unlabelled_images(colour_cfg, tmp_path) -> None:
@@ -206,3 +221,11 @@ def test_records_carry_the_cost(fixmatch_runs) -> None:
     assert all(b > a for a, b in zip(seconds, seconds[1:], strict=False))
     assert [r["images_seen"] for r in records] == [160 * (e + 1) for e in range(len(records))]
     assert fixmatch_runs["full"]["images_seen"] == 160 * len(records)
+
+
+def test_records_carry_the_decay_the_average_ran_at(fixmatch_runs) -> None:
+    """4 steps per epoch: after epoch e the last update was t = 4e, at d_t = min(0.999, (1 + t) / (10 + t))."""
+    records = RunDir(fixmatch_runs["root"] / "full").read_records()
+    expected = [(1 + 4 * e) / (10 + 4 * e) for e in range(1, len(records) + 1)]
+    assert [r["ema_decay_effective"] for r in records] == pytest.approx(expected)
+    assert fixmatch_runs["full"]["final"]["ema_decay_effective"] == pytest.approx(expected[-1])

@@ -126,7 +126,10 @@ class KDConfig:
     temperature: float = 4.0
     """Softmax temperature T."""
     lam: float = 0.9
-    """Weight lambda of the distillation term; (1 - lambda) weighs the label cross-entropy."""
+    """Weight lambda of the distillation term."""
+    label_weight: float | None = 1.0
+    """Weight of the label loss: 1 is METHOD.md section 9's CE + lambda T^2 KL (the label loss keeps its weight);
+    null is Hinton's (1 - lambda) CE + lambda T^2 KL (section 7, the presets that reproduce older results)."""
     legacy: bool = False
     """Use the released code's elementwise-mean KL (kd_legacy) instead of batchmean."""
     teacher_input_size: int | None = None
@@ -228,9 +231,19 @@ class MethodConfig:
     """MAXL settings."""
     fixmatch: FixMatchConfig = field(default_factory=FixMatchConfig)
     """FixMatch settings (also for the compositions 'fixmatch+sskt', 'fixmatch+kd')."""
-    ema_decay: float | None = None
-    """Evaluate (and save) an exponential moving average of the target's weights with this decay per step; None
-    uses 0.999 for methods with FixMatch's term and no average otherwise; 0 turns it off."""
+
+
+@dataclass
+class EMAConfig:
+    """An exponential moving average of the target's weights, for every method: the average is what is evaluated
+    and saved (sskt.methods.ema)."""
+
+    decay: float | None = None
+    """Decay d per optimizer step, in [0, 1); 0 turns the average off; None takes the method's default (0.999 with
+    FixMatch's term, off otherwise)."""
+    warmup: bool = True
+    """Use min(d, (1 + t) / (10 + t)) at step t (TensorFlow's num_updates), so the average forgets its random start
+    early; records show the decay that ran (ema_decay_effective). False uses d from the first step."""
 
 
 @dataclass
@@ -300,6 +313,8 @@ class TrainConfig:
     """Optimiser and schedule."""
     cache: CacheConfig = field(default_factory=CacheConfig)
     """Soft-label cache."""
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    """Average of the target's weights (any method)."""
     accelerator: str = "auto"
     """Fabric accelerator: 'auto', 'cpu', 'cuda', 'mps'."""
     devices: int = 1

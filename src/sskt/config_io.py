@@ -177,25 +177,37 @@ NATIVE_SIZES = {"stl10": 96}
 
 def drop_retired(data: dict) -> dict:
     """An older run's config in today's terms (a copy): ``RETIRED`` fields dropped, SSKT's flat ``method`` fields
-    moved into ``method.sskt``, and fields added since then whose default is not what that run did set to what it
-    did. ``data.crop_padding`` is the one such field: runs
-    made before it padded by ``image_size // 8`` (12 px for STL10's 96 px images), so the grid's drift check and
-    the report's grouping see that, not today's 4."""
+    moved into ``method.sskt``, ``method.ema_decay`` moved to ``ema.decay``, and fields added since then whose
+    default is not what that run did set to what it did:
+
+    - ``data.crop_padding``: runs made before it padded by ``image_size // 8`` (12 px for STL10's 96 px images), so
+      the grid's drift check and the report's grouping see that, not today's 4;
+    - ``method.kd.label_weight``: KD runs (a method name with a 'kd' part) made before it weighed the label loss by
+      ``1 - lam`` (null), not 1; other methods never read it, so they keep the default."""
     data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
     for block, name in RETIRED:
         if isinstance(data.get(block), dict):
             data[block].pop(name, None)
-    method = data.get("method")
-    if isinstance(method, dict):
-        moved = {k: method.pop(k) for k in SSKT_FIELDS if k in method}
-        if moved:
-            method["sskt"] = {**moved, **(method.get("sskt") or {})}
+    if isinstance(data.get("method"), dict):
+        _upgrade_method(data)
     block = data.get("data")
     if isinstance(block, dict) and "crop_padding" not in block:
         name = block.get("name")
         side = (block.get("image_size") or 32) if name == "imagefolder" else NATIVE_SIZES.get(name, 32)
         block["crop_padding"] = side // 8
     return data
+
+
+def _upgrade_method(data: dict) -> None:
+    """``drop_retired``'s moves inside ``method`` (a copy already): SSKT's flat fields, the EMA's decay, KD's form."""
+    method = data["method"]
+    moved = {k: method.pop(k) for k in SSKT_FIELDS if k in method}
+    if moved:
+        method["sskt"] = {**moved, **(method.get("sskt") or {})}
+    if "ema_decay" in method:
+        data["ema"] = {"decay": method.pop("ema_decay"), **(data.get("ema") or {})}
+    if "kd" in str(method.get("name", "")).split("+"):
+        method["kd"] = {"label_weight": None, **(method.get("kd") or {})}
 
 
 def load_config(path: str | Path) -> TrainConfig:

@@ -35,9 +35,10 @@ def check_config(cfg: TrainConfig) -> None:
     check_choice("optim.schedule", cfg.optim.schedule, get_args(Schedule))
     check_choice("precision", str(cfg.precision), get_args(Precision))
     check_choice("accelerator", cfg.accelerator, ACCELERATORS)
-    METHODS.get(cfg.method.name).check(cfg)
+    method = METHODS.get(cfg.method.name)
+    method.check(cfg)
     if cfg.cache.enabled:
-        check_cache_config(cfg.cache, cfg.method.sskt.temperature)
+        check_cache_config(cfg.cache, method.cache_temperatures(cfg))
     _check_positive(cfg)
     _check_device(cfg)
 

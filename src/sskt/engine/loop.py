@@ -21,7 +21,7 @@ from sskt.engine.precise_bn import recompute_bn_stats
 from sskt.engine.progress import EpochProgress, epoch_line
 from sskt.engine.records import git_commit, machine, versions
 from sskt.engine.seeding import rng_state, seed_everything, set_rng_state
-from sskt.engine.soft_cache import attach_cache
+from sskt.engine.soft_cache import attach_cache, frozen_networks
 from sskt.engine.weights import model_card, save_target_weights
 from sskt.methods import METHODS, Method, MethodContext
 from sskt.modelcard import write_model_card
@@ -89,7 +89,7 @@ def _train(cfg: TrainConfig, run: RunDir, fabric: Fabric, parts: tuple, started:
     metrics: dict[str, float] = {}
 
     for epoch in range(state["epoch"], cfg.epochs):
-        record = train_epoch(fabric, method, stream, epoch)
+        record = train_epoch(fabric, method, stream, epoch) | method.epoch_facts()
         # Cost so far (resumes included): training seconds (evaluation excluded) and rows the target processed.
         state["train_seconds"] += record["epoch_seconds"]
         state["images_seen"] += record.pop("images")
@@ -99,7 +99,7 @@ def _train(cfg: TrainConfig, run: RunDir, fabric: Fabric, parts: tuple, started:
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             if cfg.precise_bn:  # statistics of the current weights, from this epoch's (replayable) batches
                 recompute_bn_stats(method.evaluated().values(), stream.epoch(epoch), cfg.precise_bn, fabric.device)
-            metrics = evaluate_splits(method.evaluated(), splits, spec.task, spec.num_classes, fabric.device)
+            metrics = measure(method, splits, spec, fabric)
             record.update(metrics)
             for which, metric in selectors.items():
                 keep_if_better(state, which, metric, metrics, epoch + 1)
@@ -115,8 +115,15 @@ def _train(cfg: TrainConfig, run: RunDir, fabric: Fabric, parts: tuple, started:
 
     # A resumed run that had already finished still reports the trained networks' final metrics.
     if not metrics:
-        metrics = evaluate_splits(method.evaluated(), splits, spec.task, spec.num_classes, fabric.device)
+        metrics = measure(method, splits, spec, fabric)
     return finish(cfg, run, fabric, method, state, metrics, selectors, spec)
+
+
+def measure(method: Method, splits: dict, spec: DatasetSpec, fabric: Fabric) -> dict[str, float]:
+    """Every metric of the evaluated networks on every split, and the facts the method adds beside them (the EMA's
+    decay at its last update, ``ema_decay_effective``), so the record and the summary's epochs carry both."""
+    metrics = evaluate_splits(method.evaluated(), splits, spec.task, spec.num_classes, fabric.device)
+    return metrics | method.epoch_facts()
 
 
 def epoch_selectors(task: str, splits: dict) -> dict[str, str]:
@@ -149,16 +156,18 @@ def keep_if_better(state: dict, which: str, metric: str, metrics: dict, epoch: i
 
 
 def build_parts(cfg: TrainConfig, fabric: Fabric) -> tuple[DatasetSpec, TrainStream, Method]:
-    """Data, training stream and method, set up on the fabric; the target's initial weights follow from cfg.seed."""
+    """Data, training stream and method, set up on the fabric; the target's initial weights follow from cfg.seed.
+    The frozen networks the method declares are built here, once, and shared by the cache and the method."""
     seed_everything(cfg.seed)
     spec = build_dataset(cfg.data)
     stream = TrainStream(spec, cfg, device=fabric.device)
     stream.shard(fabric.global_rank, fabric.world_size)
-    strong_views = getattr(METHODS.get(cfg.method.name), "strong_views", lambda: False)()
+    METHODS.get(cfg.method.name).check_data(cfg, spec)  # before the frozen networks are built
+    frozen = frozen_networks(cfg, spec)
     if cfg.cache.enabled:  # replay stored views and their cached source logits (built first when allowed)
-        attach_cache(cfg, spec, stream, fabric)
-    method = METHODS.create(cfg.method.name, ctx=MethodContext(cfg, spec, len(stream)))
-    if strong_views:
+        attach_cache(cfg, spec, stream, fabric, frozen)
+    method = METHODS.create(cfg.method.name, ctx=MethodContext(cfg, spec, len(stream), frozen))
+    if METHODS.get(cfg.method.name).wants_strong_views(cfg):
         stream.enable_strong_views(cfg)
     method.setup(fabric)
     return spec, stream, method

@@ -1,5 +1,11 @@
-"""Hooking the soft-label cache into a run: ``cache.enabled: true`` makes the stream replay stored views and their
-cached source logits (``sskt cache build`` in the CLI builds the cache of a run ahead of time)."""
+"""The frozen networks of a run, and hooking the soft-label cache into it.
+
+A method declares the frozen networks it reads (``Method.frozen_networks(cfg)``: SSKT's sources, KD's teacher, the
+union for a composition); ``frozen_networks`` here builds each of them once. With ``cache.enabled: true`` the same
+built networks make (or open) the cache, and the stream replays its stored views and their cached logits; the
+method then receives them through ``MethodContext.frozen`` (``sskt cache build`` in the CLI builds the cache of a run
+ahead of time). This module never names a method.
+"""
 
 from __future__ import annotations
 
@@ -9,26 +15,35 @@ from sskt.config import TrainConfig
 from sskt.data.spec import DatasetSpec
 from sskt.errors import UserError
 from sskt.methods import METHODS
-from sskt.methods.kd import TEACHER_KEY, teacher_config
-from sskt.methods.sskt import source_keys
-from sskt.sources import build_source
+from sskt.sources.base import Source, build_sources
 from sskt.sources.cache import open_cache
 
 
-def run_sources(cfg: TrainConfig, spec: DatasetSpec, device: torch.device | str = "cpu") -> dict:
-    """The run's sources by the keys the SSKT term uses for them, and a KD teacher under ``TEACHER_KEY`` when the
-    method distils (its cost is then paid once, like a source's), frozen, on ``device``."""
-    configs = dict(zip(source_keys(cfg.sources), cfg.sources, strict=True))
-    if "kd" in getattr(METHODS.get(cfg.method.name), "families", ()) and cfg.method.kd.teacher:
-        configs[TEACHER_KEY] = teacher_config(cfg)
-    if not configs:
-        raise UserError("the soft-label cache needs a source or a KD teacher; set sources: [{name: <source>}]")
-    return {k: build_source(s, spec.mean, spec.std).to(device) for k, s in configs.items()}
+def frozen_networks(cfg: TrainConfig, spec: DatasetSpec) -> dict[str, Source]:
+    """The frozen networks the run's method declares, by key, each built once (on the CPU, frozen)."""
+    return build_sources(METHODS.get(cfg.method.name).frozen_networks(cfg), spec.mean, spec.std)
 
 
-def attach_cache(cfg: TrainConfig, spec: DatasetSpec, stream, fabric) -> None:
-    """Open the run's cache (rank 0 builds it first when missing and allowed) and make ``stream`` replay it."""
-    sources = run_sources(cfg, spec, fabric.device)
+def run_sources(cfg: TrainConfig, spec: DatasetSpec, device: torch.device | str = "cpu") -> dict[str, Source]:
+    """The networks the run's cache holds (the method's frozen networks), on ``device``; a UserError when the method
+    reads none."""
+    return cache_sources(cfg, frozen_networks(cfg, spec), device)
+
+
+def cache_sources(cfg: TrainConfig, frozen: dict[str, Source], device: torch.device | str) -> dict[str, Source]:
+    """``frozen`` moved to ``device`` for the cache; refused when empty (nothing to cache)."""
+    if not frozen:
+        raise UserError(
+            f"the soft-label cache needs a source or a KD teacher, and method {cfg.method.name!r} reads none; "
+            "set sources: [{name: <source>}] with a method that uses them, or cache.enabled false"
+        )
+    return {k: s.to(device) for k, s in frozen.items()}
+
+
+def attach_cache(cfg: TrainConfig, spec: DatasetSpec, stream, fabric, frozen: dict[str, Source]) -> None:
+    """Open the run's cache of ``frozen`` (rank 0 builds it first when missing and allowed) and make ``stream``
+    replay it."""
+    sources = cache_sources(cfg, frozen, fabric.device)
     if fabric.is_global_zero:
         open_cache(cfg, spec, stream, sources, show_progress=cfg.progress)
     fabric.barrier()

@@ -1,11 +1,15 @@
-"""Training methods by name: scratch, sskt, kd, fixmatch and their compositions, dml, maxl, probe."""
+"""Training methods by name: scratch, sskt, kd, fixmatch and their compositions, dml, maxl, probe.
 
-from sskt.methods.base import Method, MethodContext, SingleNetMethod, StepOutput
-from sskt.registry import Registry
+The registry lives in ``sskt.methods.base`` (a module that imports no method module, so no import circle); importing
+this package imports every module in it, each registering its own methods: a new method is one new file.
+"""
 
-METHODS: Registry[Method] = Registry("method")
+import importlib
+import pkgutil
+
+from sskt.methods.base import METHODS, Method, MethodContext, SingleNetMethod, StepOutput
 
 __all__ = ["METHODS", "Method", "MethodContext", "SingleNetMethod", "StepOutput"]
 
-# Importing the method modules registers them (they need METHODS, defined above).
-from sskt.methods import composed, dml, maxl, probe  # noqa: E402,F401
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -1,13 +1,19 @@
 """The contract between a method and the training loop. The loop never branches on a method's name.
 
-A method declares the networks it trains in ``__init__`` (``self.declare(name, build, optim)``, the target
-first); the base class seeds their construction, sets them up on the fabric (channels-last, ``fabric.setup``, one
-SGD optimizer and schedule each), steps their schedules, reports the target's learning rate, and saves and restores
-all of it. The engine builds a method with a ``MethodContext``, calls ``setup(fabric)`` once, then per epoch
-``start_epoch``, for each of its ``phases()`` (usually one) ``start_phase`` and ``training_step`` for every batch
-(the method does its own backward and optimizer steps, so DML and MAXL can alternate several), and ``end_epoch``.
-Evaluation runs every network in ``evaluated()``; checkpoints hold ``state_dict()``; ``aux_classes`` (source name
-to class count) is stored with the target's weights so ``evaluate`` rebuilds the same target without the sources.
+A method declares the networks it trains in ``__init__`` (``self.declare(name, build, optim)``, the target first)
+and, as class methods, what the engine must give it: the frozen networks it reads (``frozen_networks``: the engine
+builds each once, routes it through the soft-label cache, and hands it over as ``ctx.frozen``), whether the stream
+adds strong views (``wants_strong_views``), its default EMA decay and the temperatures at which it reads cached
+logits. The base class seeds the trained networks' construction, sets them up on the fabric (channels-last,
+``fabric.setup``, one SGD optimizer and schedule each), steps their schedules, reports the target's learning rate,
+keeps the average of the target's weights (``ema:``, an add-on of every method), and saves and restores all of it.
+
+The engine builds a method with a ``MethodContext``, calls ``setup(fabric)`` once, then per epoch ``start_epoch``,
+for each of its ``phases()`` (usually one) ``start_phase`` and ``training_step`` for every batch (``update``: the
+method does its own backward and optimizer steps, so DML and MAXL can alternate several; then ``after_step``), and
+``end_epoch``. Evaluation runs every network in ``evaluated()`` (the target's average in place of the target when
+there is one); checkpoints hold ``state_dict()``; ``aux_classes`` (source name to class count) is stored with the
+target's weights so ``evaluate`` rebuilds the same target without the sources.
 """
 
 from __future__ import annotations
@@ -19,11 +25,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from sskt.config import OptimConfig, TrainConfig
+from sskt.config import OptimConfig, SourceConfig, TrainConfig
 from sskt.data.spec import Batch, DatasetSpec
 from sskt.errors import UserError
 from sskt.losses import primary_loss
+from sskt.methods.ema import EMA, resolve_decay
 from sskt.optim import build_scheduler, build_sgd
+from sskt.registry import Registry
+from sskt.sources.base import Source, build_sources
 
 if TYPE_CHECKING:
     from lightning_fabric import Fabric
@@ -32,7 +41,8 @@ if TYPE_CHECKING:
 @dataclass
 class StepOutput:
     """What one training step reports: the (detached) loss, the primary logits of the labelled rows, and extra
-    scalars to log (each a 0-d tensor, kept on device so the step never syncs with the host)."""
+    scalars to log (each a 0-d tensor, kept on device so the step never syncs with the host). ``compute_loss``
+    returns one with the loss still attached to its graph."""
 
     loss: Tensor | None
     """None in a phase that trains no network on the labels (MAXL's meta pass)."""
@@ -49,6 +59,9 @@ class MethodContext:
     cfg: TrainConfig
     spec: DatasetSpec
     steps_per_epoch: int
+    frozen: dict[str, Source] = field(default_factory=dict)
+    """The frozen networks the method declared (``frozen_networks``) by key, built once by the engine and shared
+    with the soft-label cache; the base class builds any that are missing (a method made without the engine)."""
 
 
 def single_label_primary(method: str, name: str) -> Callable[[Tensor, Tensor], Tensor]:
@@ -90,28 +103,65 @@ class Method:
     """Class count of each auxiliary head of the target, by source name ({} without auxiliary heads)."""
 
     def __init__(self, ctx: MethodContext) -> None:
-        type(self).check(ctx.cfg)  # also when built without check_config (the Python API, tests)
+        cls = type(self)
+        cls.check(ctx.cfg)  # also when built without check_config (the Python API, tests)
+        cls.check_data(ctx.cfg, ctx.spec)  # before any frozen network is built
         self.ctx = ctx
         self.cfg = ctx.cfg
         self.epoch = 0
         self.fabric: Fabric | None = None
         self.networks: dict[str, Network] = {}
         self.aux_classes = {}
+        missing = {k: s for k, s in cls.frozen_networks(ctx.cfg).items() if k not in ctx.frozen}
+        ctx.frozen.update(build_sources(missing, ctx.spec.mean, ctx.spec.std))
+        self.ema_decay = resolve_decay(ctx.cfg.ema, cls.default_ema_decay(ctx.cfg))
+        self.ema: EMA | None = None
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
         """Raise a one-line UserError for a setting this method reads that cannot work, before any work starts
         (the registry runs it from ``check_config``); the base checks nothing."""
 
+    @classmethod
+    def check_data(cls, cfg: TrainConfig, spec: DatasetSpec) -> None:
+        """A one-line UserError for a setting that cannot work on this dataset (its task), raised once the dataset
+        is known and before any network is built; the base checks nothing."""
+
+    # --- what the method asks of the engine (class methods: known before anything is built) --------------------
+    @classmethod
+    def frozen_networks(cls, cfg: TrainConfig) -> dict[str, SourceConfig]:
+        """The frozen networks (sources, teachers) the method reads, by key: the engine builds each once, serves
+        its logits from the soft-label cache when ``cache.enabled``, and passes it in ``MethodContext.frozen``."""
+        return {}
+
+    @classmethod
+    def wants_strong_views(cls, cfg: TrainConfig) -> bool:
+        """Whether the stream must add a strong view of every unlabelled row (``Batch.strong``)."""
+        return False
+
+    @classmethod
+    def default_ema_decay(cls, cfg: TrainConfig) -> float:
+        """The EMA decay used when ``ema.decay`` is None: 0 (no average) unless the method's recipe has one."""
+        return 0.0
+
+    @classmethod
+    def cache_temperatures(cls, cfg: TrainConfig) -> dict[str, float]:
+        """The temperature at which each setting reads cached logits, by its config field: a top-k cache is exact
+        only at 1 (``check_cache_config``)."""
+        return {}
+
     # --- the networks a method trains --------------------------------------------------------------------------
     def declare(self, name: str, build: Callable[[], nn.Module], optim: OptimConfig | None = None) -> nn.Module:
         """Build and register a trained network (``optim``: its SGD settings, default ``cfg.optim``). The first
         declared is the target; the global RNG is seeded with ``cfg.seed`` right before it is built, so it starts
         from the same weights under every method with that seed, and later networks follow in declaration order."""
-        if not self.networks:
+        target = not self.networks
+        if target:
             torch.manual_seed(self.cfg.seed)
         module = build()
         self.networks[name] = Network(name, module, optim or self.cfg.optim)
+        if target and self.ema_decay:  # the average starts from the target's initial weights
+            self.ema = EMA(module, self.ema_decay, self.cfg.ema.warmup)
         return module
 
     def net_of(self, name: str) -> nn.Module:
@@ -131,6 +181,8 @@ class Method:
             opt = build_sgd([p for p in network.raw.parameters() if p.requires_grad], network.optim)
             network.module, network.opt = fabric.setup(network.raw, opt)
             network.sched = build_scheduler(network.opt, network.optim, self.cfg.epochs)
+        if self.ema is not None:
+            self.ema.to(fabric.device, self.cfg.channels_last)
 
     def start_epoch(self, epoch: int) -> None:
         """Called before the first step of ``epoch`` (0-based)."""
@@ -147,8 +199,20 @@ class Method:
         """Called before each pass of ``phases()``."""
 
     def training_step(self, batch: Batch) -> StepOutput:
+        """One step: ``update``, then ``after_step`` when the step trained the target on the labels."""
+        out = self.update(batch)
+        if out.loss is not None:
+            self.after_step()
+        return out
+
+    def update(self, batch: Batch) -> StepOutput:
         """Forward, backward and optimizer step(s) on one batch."""
         raise NotImplementedError
+
+    def after_step(self) -> None:
+        """After the target's optimizer step: move the average of its weights (when there is one)."""
+        if self.ema is not None:
+            self.ema.update(self.networks["target"].raw)
 
     def end_epoch(self, epoch: int) -> None:
         """Called after the last step of ``epoch``: step every network's learning-rate schedule."""
@@ -163,16 +227,23 @@ class Method:
     def evaluated(self) -> dict[str, nn.Module]:
         """Networks to evaluate, by metric prefix ('' for the target, e.g. 'peer1_' for a DML peer). Each maps an
         image batch to a ``TargetOutput`` or to logits."""
-        nets = list(self.trained().values())
-        return {"": nets[0]}
+        return {"": self.evaluated_target()}
+
+    def evaluated_target(self) -> nn.Module:
+        """The target as evaluated and saved: the average of its weights when there is one, else the target."""
+        return self.ema.module if self.ema is not None else next(iter(self.trained().values()))
+
+    def epoch_facts(self) -> dict[str, float]:
+        """Numbers the records carry beside the metrics: the EMA's decay at its last update (warm-up included)."""
+        return {} if self.ema is None else {"ema_decay_effective": self.ema.effective_decay()}
 
     def lr(self) -> float:
         """The target's current learning rate (for records)."""
         return next(iter(self.networks.values())).opt.param_groups[0]["lr"]
 
     def state_dict(self) -> dict:
-        """Everything needed to resume: per network, its weights, optimizer and schedule states."""
-        return {
+        """Everything needed to resume: per network, its weights, optimizer and schedule states; the average."""
+        state = {
             "networks": {
                 name: {
                     "module": self.net_of(name).state_dict(),
@@ -182,6 +253,7 @@ class Method:
                 for name, n in self.networks.items()
             }
         }
+        return state if self.ema is None else state | {"ema": self.ema.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore ``state_dict()``'s output (or a checkpoint written before networks were declared)."""
@@ -193,6 +265,8 @@ class Method:
             self.net_of(name).load_state_dict(saved[name]["module"])
             network.opt.load_state_dict(saved[name]["opt"])
             network.sched.load_state_dict(saved[name]["sched"])
+        if self.ema is not None:
+            self.ema.load(state.get("ema"), self.networks["target"].raw)
 
 
 def legacy_networks(state: dict) -> dict[str, dict]:
@@ -214,8 +288,9 @@ class SingleNetMethod(Method):
     """A method that trains one network, the target, with one SGD optimizer: subclasses declare it in ``__init__``
     (``self.declare("target", ...)``) and implement ``compute_loss``. Scratch, SSKT and KD are of this kind."""
 
-    def compute_loss(self, batch: Batch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """Return ``(loss, primary logits of the labelled rows, logs)`` for one batch."""
+    def compute_loss(self, batch: Batch) -> StepOutput:
+        """The loss (attached to its graph), the primary logits of the labelled rows, logs, and the rows the target
+        processed (None: the batch's) for one batch."""
         raise NotImplementedError
 
     @property
@@ -227,10 +302,16 @@ class SingleNetMethod(Method):
     def opt(self) -> torch.optim.Optimizer:
         return self.networks["target"].opt
 
-    def training_step(self, batch: Batch) -> StepOutput:
-        loss, logits, logs = self.compute_loss(batch)
+    def update(self, batch: Batch) -> StepOutput:
+        out = self.compute_loss(batch)
         opt = self.opt
         opt.zero_grad(set_to_none=True)
-        self.fabric.backward(loss)
+        self.fabric.backward(out.loss)
         opt.step()
-        return StepOutput(loss.detach(), logits.detach(), {k: v.detach() for k, v in logs.items()})
+        logs = {k: v.detach() for k, v in out.logs.items()}
+        return StepOutput(out.loss.detach(), out.logits.detach(), logs, out.rows)
+
+
+METHODS: Registry[Method] = Registry("method")
+"""Training methods by name. A module registers its own (``@METHODS.register(name)``); ``import sskt.methods``
+imports every module of the package, so a new method is one new file."""

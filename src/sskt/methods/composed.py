@@ -3,10 +3,10 @@ baseline), SSKT, KD, FixMatch, and their compositions (methods/terms.py)."""
 
 from __future__ import annotations
 
-from sskt.methods import METHODS
-from sskt.methods import fixmatch as _fixmatch  # noqa: F401 (registers the FixMatch term)
-from sskt.methods import kd as _kd  # noqa: F401 (registers the KD term)
-from sskt.methods import sskt as _sskt  # noqa: F401 (registers the SSKT term)
+import sskt.methods.fixmatch  # noqa: F401 (registers the FixMatch term)
+import sskt.methods.kd  # noqa: F401 (registers the KD term)
+import sskt.methods.sskt  # noqa: F401 (registers the SSKT term)
+from sskt.methods.base import METHODS
 from sskt.methods.terms import register_compositions
 
 COMPOSITIONS = ["scratch", "sskt", "kd", "fixmatch", "kd+sskt", "fixmatch+sskt", "fixmatch+kd", "fixmatch+kd+sskt"]

@@ -12,8 +12,6 @@ statistics advance once per batch, as in scratch training.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -22,13 +20,9 @@ from sskt.config import HeadConfig, ModelConfig, TrainConfig
 from sskt.data.spec import Batch
 from sskt.errors import UserError
 from sskt.losses.mutual import dml_loss
-from sskt.methods import METHODS
-from sskt.methods.base import Method, MethodContext, StepOutput, label_loss
+from sskt.methods.base import METHODS, Method, MethodContext, StepOutput, label_loss
 from sskt.models import MODELS, build_target
 from sskt.models.base import TargetOutput
-
-if TYPE_CHECKING:
-    pass
 
 
 def _logits(out: TargetOutput | Tensor) -> Tensor:
@@ -80,7 +74,7 @@ class DML(Method):
     def opts(self) -> list[torch.optim.Optimizer]:
         return [self.networks[name].opt for name in self.names]
 
-    def training_step(self, batch: Batch) -> StepOutput:
+    def update(self, batch: Batch) -> StepOutput:
         """Update every peer once on the labelled rows, in order; report the target's loss and logits."""
         images, labels = batch.labeled_images, batch.labels
         # Every peer's output before any update; each stays current until its own peer steps.
@@ -100,4 +94,6 @@ class DML(Method):
         return StepOutput(losses[0], first_logits, logs)
 
     def evaluated(self) -> dict[str, nn.Module]:
-        return {("" if name == "target" else f"{name}_"): net for name, net in zip(self.names, self.nets, strict=True)}
+        """The target (its weight average with ``ema``) under '', each peer under ``peer<k>_``."""
+        peers = {f"{name}_": net for name, net in zip(self.names[1:], self.nets[1:], strict=True)}
+        return {"": self.evaluated_target(), **peers}

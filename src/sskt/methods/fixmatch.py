@@ -7,7 +7,8 @@ view (RandAugment + Cutout, sskt.data.randaugment).
 
 The mean runs over every unlabelled row, confident or not (the paper's normalisation), so the term grows as more
 rows pass the threshold. Labelled, weak and strong rows share one forward (methods/terms.py); the evaluated network
-is an exponential moving average of the weights (methods/ema.py, decay 0.999 unless ``method.ema_decay`` says).
+is an exponential moving average of the weights: the term declares the recipe's decay, 0.999, which ``ema.decay``
+overrides (methods/ema.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sskt.config import TrainConfig
+from sskt.data.spec import DatasetSpec
 from sskt.errors import UserError
 from sskt.methods.base import MethodContext, single_label_primary
 from sskt.methods.terms import Forward, Term, term_family
@@ -38,6 +40,7 @@ class ConsistencyTerm(Term):
 
     reads_unlabeled = True
     reads_strong = True
+    ema_decay = 0.999
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
@@ -53,10 +56,13 @@ class ConsistencyTerm(Term):
             )
         single_label_primary("fixmatch", cfg.method.primary_loss)
 
+    @classmethod
+    def check_data(cls, cfg: TrainConfig, spec: DatasetSpec) -> None:
+        if spec.task not in ("single_label", "video"):
+            raise UserError(f"method 'fixmatch' needs a single-label dataset; {spec.name!r} is {spec.task!r}")
+
     def __init__(self, ctx: MethodContext) -> None:
         self.cfg = ctx.cfg.method.fixmatch
-        if ctx.spec.task not in ("single_label", "video"):
-            raise UserError(f"method 'fixmatch' needs a single-label dataset; {ctx.spec.name!r} is {ctx.spec.task!r}")
 
     def __call__(self, fwd: Forward, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
         if fwd.strong == 0:  # a batch without unlabelled rows

@@ -4,49 +4,35 @@ A teacher with the target's label space, trained by a run of its own (``sskt tra
 e.g. ``efficientnet_lite0`` fine-tuned from ImageNet), is loaded by path as the source ``checkpoint:<run dir>``: it is
 frozen and re-normalised/resized from the target's batch like every source. The target minimises
 
-    L = (1 - lam) CE(z_l, y) + lam * T^2 * mean_rows KL(softmax(t / T) || softmax(z / T))
+    L = w_l CE(z_l, y) + lam * T^2 * mean_rows KL(softmax(t / T) || softmax(z / T))
 
 over the labelled rows ``l`` and, with ``data.unlabeled``, the unlabelled rows too (the KD term on every row). The
-teacher is also the source adapted to the labels: a linear probe on its frozen features (``method.name: probe``).
+label weight ``w_l`` is ``kd.label_weight``: 1 by default, METHOD.md section 9's form, where the label loss keeps the
+weight it has in every other method (so in ``kd+sskt`` SSKT's alpha weighs against 1, as in plain SSKT); null is
+Hinton's ``1 - lam`` (section 7; 0.1 at the default lam 0.9), kept for the presets that reproduce older results.
+The teacher is also the source adapted to the labels: a linear probe on its frozen features (``method.name:
+probe``). The engine builds the teacher once (``frozen_networks``) and serves its logits from the soft-label cache.
 
 ``kd.legacy`` swaps the KL for the released SSKT code's elementwise mean (``kd_legacy``, C times weaker).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from sskt import losses
-from sskt.config import SourceConfig, TrainConfig
-from sskt.data.spec import Batch
+from sskt.config import KDConfig, SourceConfig, TrainConfig
+from sskt.data.spec import Batch, DatasetSpec
 from sskt.errors import UserError
 from sskt.methods.base import MethodContext, label_loss
 from sskt.methods.terms import Forward, Term, term_family
-from sskt.sources import SOURCES, SourceBank, build_source
+from sskt.sources import SOURCES, SourceBank
 
 
-def kd_objective(
-    logits: Tensor,
-    teacher_logits: Tensor,
-    labels: Tensor,
-    temperature: float,
-    lam: float,
-    legacy: bool = False,
-    primary: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(1 - lam) CE(z, y) + lam * KD(z, t; T)`` and its two terms ``(loss, ce, kd)``.
-
-    ``logits`` [B, C] student, ``teacher_logits`` [B, C] (no gradient needed), ``labels`` int64 [B]. ``KD`` is
-    ``T^2 KL(softmax(t/T) || softmax(z/T))`` batchmean, or the released code's elementwise mean when ``legacy``.
-    ``primary`` replaces the label cross-entropy (``method.primary_loss``).
-    """
-    ce = primary(logits, labels)
-    distill = (losses.kd_legacy if legacy else losses.kd)(logits, teacher_logits.detach(), temperature)
-    return (1 - lam) * ce + lam * distill, ce, distill
+def label_weight(kd: KDConfig) -> float:
+    """The label loss's weight: ``kd.label_weight``, or Hinton's ``1 - lam`` when it is None."""
+    return 1 - kd.lam if kd.label_weight is None else kd.label_weight
 
 
 TEACHER_KEY = "kd_teacher"
@@ -61,9 +47,18 @@ def teacher_config(cfg: TrainConfig) -> SourceConfig:
 @term_family("kd")
 class KDTerm(Term):
     """Distillation from a frozen teacher with the target's label space, on every row: the labelled ones and, when
-    ``data.unlabeled`` is set, the unlabelled ones (SimCLRv2's last step). The label loss gets ``1 - lam``."""
+    ``data.unlabeled`` is set, the unlabelled ones (SimCLRv2's last step). The label loss gets ``label_weight``."""
 
     reads_unlabeled = True
+
+    @classmethod
+    def frozen_networks(cls, cfg: TrainConfig) -> dict[str, SourceConfig]:
+        """The teacher, under ``TEACHER_KEY``."""
+        return {TEACHER_KEY: teacher_config(cfg)} if cfg.method.kd.teacher else {}
+
+    @classmethod
+    def cache_temperatures(cls, cfg: TrainConfig) -> dict[str, float]:
+        return {"method.kd.temperature": cfg.method.kd.temperature}
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
@@ -71,12 +66,19 @@ class KDTerm(Term):
         if cfg.method.kd.teacher is None:
             raise UserError("method 'kd' needs method.kd.teacher, e.g. checkpoint:runs/teacher (a trained run)")
         SOURCES.require(cfg.method.kd.teacher, "source (method.kd.teacher)")
+        weight = cfg.method.kd.label_weight
+        if weight is not None and weight < 0:
+            raise UserError(f"method.kd.label_weight must be >= 0 or null (1 - lam), got {weight}")
+
+    @classmethod
+    def check_data(cls, cfg: TrainConfig, spec: DatasetSpec) -> None:
+        """The label loss suits the task: ce/focal, or bce on multi-label data."""
+        label_loss("kd", cfg.method.primary_loss, spec.task)
 
     def __init__(self, ctx: MethodContext) -> None:
         self.cfg = cfg = ctx.cfg
-        label_loss("kd", cfg.method.primary_loss, ctx.spec.task)  # ce/focal, or bce on multi-label data
         self.multi_label = ctx.spec.task == "multi_label"
-        self.teacher = build_source(teacher_config(cfg), ctx.spec.mean, ctx.spec.std)
+        self.teacher = ctx.frozen[TEACHER_KEY]
         if self.teacher.num_classes != ctx.spec.num_classes:
             raise UserError(
                 f"KD teacher {cfg.method.kd.teacher!r} predicts {self.teacher.num_classes} classes; "
@@ -84,7 +86,7 @@ class KDTerm(Term):
             )
         # The sources' fast path: inference mode, channels-last, chunks of source_chunk images on CPU.
         self.bank = SourceBank({TEACHER_KEY: self.teacher}, chunk=cfg.source_chunk)
-        self.primary_scale = 1 - cfg.method.kd.lam
+        self.primary_scale = label_weight(cfg.method.kd)
 
     def setup(self, fabric) -> None:
         # The teacher is frozen: on the device, outside Fabric's wrapping, never in an optimizer.

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -39,13 +38,9 @@ from sskt.config import HeadConfig, ModelConfig, TrainConfig
 from sskt.data.spec import Batch
 from sskt.errors import UserError
 from sskt.losses.maxl import focal_to_probs, label_entropy_penalty, masked_softmax
-from sskt.methods import METHODS
-from sskt.methods.base import Method, MethodContext, StepOutput, single_label_primary
+from sskt.methods.base import METHODS, Method, MethodContext, StepOutput, single_label_primary
 from sskt.models import MODELS, build_target
 from sskt.models.base import TargetOutput
-
-if TYPE_CHECKING:
-    pass
 
 AUX_HEAD = "maxl"
 """Name of the multi-task network's auxiliary head."""
@@ -202,7 +197,7 @@ class MAXL(Method):
     def start_phase(self, phase: str) -> None:
         self.phase = phase
 
-    def training_step(self, batch: Batch) -> StepOutput:
+    def update(self, batch: Batch) -> StepOutput:
         """The multi-task update, the generator's meta update, or both in turn, as the current phase says."""
         images, labels = batch.labeled_images, batch.labels
         if self.phase == "meta":  # the released code's second pass: the generator only

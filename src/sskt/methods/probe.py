@@ -16,8 +16,7 @@ from torch import Tensor, nn
 from sskt.config import SourceConfig, TrainConfig
 from sskt.data.spec import Batch
 from sskt.errors import UserError
-from sskt.methods import METHODS
-from sskt.methods.base import MethodContext, SingleNetMethod, single_label_primary
+from sskt.methods.base import METHODS, MethodContext, SingleNetMethod, StepOutput, single_label_primary
 from sskt.models.base import TargetOutput
 from sskt.sources import SourceBank, build_source
 from sskt.sources.base import Source
@@ -70,9 +69,9 @@ class Probe(SingleNetMethod):
         spec, cfg = ctx.spec, self.cfg
         self.declare("target", lambda: build_probe(cfg.sources[0], spec.mean, spec.std, spec.num_classes))
 
-    def compute_loss(self, batch: Batch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def compute_loss(self, batch: Batch) -> StepOutput:
         logits = self.net(batch.labeled_images).logits
-        return self.primary(logits, batch.labels), logits, {}
+        return StepOutput(self.primary(logits, batch.labels), logits)
 
 
 @torch.no_grad()

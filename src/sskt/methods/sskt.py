@@ -25,7 +25,7 @@ from sskt.errors import UserError, check_choice
 from sskt.losses import aux_loss
 from sskt.methods.base import MethodContext
 from sskt.methods.terms import Forward, Term, term_family
-from sskt.sources import SourceBank, build_source
+from sskt.sources import SourceBank
 
 ALPHA_SCHEDULES = get_args(AlphaSchedule)
 
@@ -65,15 +65,27 @@ class AuxTerm(Term):
         check_choice("method.sskt.aux_loss", cfg.method.sskt.aux_loss, get_args(AuxLoss))
         check_choice("method.sskt.alpha_schedule", cfg.method.sskt.alpha_schedule, ALPHA_SCHEDULES)
 
+    @classmethod
+    def frozen_networks(cls, cfg: TrainConfig) -> dict[str, SourceConfig]:
+        """Every source, by its key (``source_keys``)."""
+        return dict(zip(source_keys(cfg.sources), cfg.sources, strict=True))
+
+    @classmethod
+    def cache_temperatures(cls, cfg: TrainConfig) -> dict[str, float]:
+        return {"method.sskt.temperature": cfg.method.sskt.temperature}
+
     def __init__(self, ctx: MethodContext) -> None:
         self.cfg = cfg = ctx.cfg
         self.keys = source_keys(cfg.sources)
         self.weights = {k: s.weight for k, s in zip(self.keys, cfg.sources, strict=True)}
-        spec = ctx.spec
-        built = {k: build_source(s, spec.mean, spec.std) for k, s in zip(self.keys, cfg.sources, strict=True)}
+        built = {k: ctx.frozen[k] for k in self.keys}
         self.bank = SourceBank(built, chunk=cfg.source_chunk)
         self.aux = aux_loss(cfg.method.sskt.aux_loss)
         self.aux_classes = {k: src.num_classes for k, src in built.items()}
+
+    def aux_heads(self) -> dict[str, int]:
+        """One head per source, of the source's class count."""
+        return self.aux_classes
 
     def setup(self, fabric) -> None:
         # Sources are frozen: on the device, outside Fabric's wrapping, never in an optimizer.

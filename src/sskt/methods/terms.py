@@ -5,13 +5,18 @@ that one method class, ``Composite``, sums over a single forward of the target:
 
     scratch         L = primary
     sskt            L = primary + alpha * sum_m w_m aux_m           (auxiliary heads, methods/sskt.py)
-    kd              L = (1 - lam) primary + lam * KD                 (methods/kd.py)
+    kd              L = w_l primary + lam * KD                       (methods/kd.py; w_l = 1, or 1 - lam)
     fixmatch        L = primary + lambda_u * consistency             (methods/fixmatch.py)
     a+b             the terms of both, the primary loss once, e.g. 'fixmatch+sskt', 'kd+sskt'
 
 The forward covers the labelled rows, then the unlabelled (weak) rows when any term reads them, then the strong
 views when any term reads those: one BatchNorm batch, as FixMatch prescribes. A term sees the rows it needs through
 ``Forward``; unlabelled rows never reach the label loss.
+
+A term declares what it needs as class attributes and class methods (the rows it reads, the frozen networks it
+takes from ``MethodContext.frozen``, its default EMA decay); ``Composite`` declares their union to the engine. A new
+objective is one file: a ``Term`` registered with ``@term_family(name)`` and its method names with
+``register_compositions``.
 """
 
 from __future__ import annotations
@@ -20,13 +25,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from sskt.config import TrainConfig
-from sskt.data.spec import Batch
+from sskt.config import SourceConfig, TrainConfig
+from sskt.data.spec import Batch, DatasetSpec
 from sskt.losses import primary_loss
-from sskt.methods.base import MethodContext, SingleNetMethod
-from sskt.methods.ema import EMA, ema_decay
+from sskt.methods.base import MethodContext, SingleNetMethod, StepOutput
 from sskt.models import build_target
 from sskt.models.base import TargetOutput
 
@@ -77,14 +81,32 @@ class Term:
     """The term uses the unlabelled (weak) rows when the batch has them."""
     reads_strong: ClassVar[bool] = False
     """The term needs the strong views of the unlabelled rows (FixMatch)."""
+    ema_decay: ClassVar[float] = 0.0
+    """The decay of the target's weight average this term's recipe evaluates when ``ema.decay`` is None (0: none)."""
     primary_scale: float = 1.0
-    """Factor this term puts on the label loss (KD's 1 - lam)."""
-    aux_classes: dict[str, int] = {}
-    """Auxiliary heads this term needs on the target, by source key."""
+    """Factor this term puts on the label loss (KD's Hinton form: 1 - lam)."""
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
         """A one-line UserError for a setting of this term that cannot work."""
+
+    @classmethod
+    def check_data(cls, cfg: TrainConfig, spec: DatasetSpec) -> None:
+        """A one-line UserError for a setting of this term that cannot work on this dataset (``Method.check_data``)."""
+
+    @classmethod
+    def frozen_networks(cls, cfg: TrainConfig) -> dict[str, SourceConfig]:
+        """The frozen networks the term reads, by key (``Method.frozen_networks``)."""
+        return {}
+
+    @classmethod
+    def cache_temperatures(cls, cfg: TrainConfig) -> dict[str, float]:
+        """The temperature at which the term reads cached logits, by config field (``Method.cache_temperatures``)."""
+        return {}
+
+    def aux_heads(self) -> dict[str, int]:
+        """Auxiliary heads this term needs on the target: class count by source key."""
+        return {}
 
     def setup(self, fabric: Fabric) -> None:
         """Move frozen networks (sources, teachers) to the fabric's device."""
@@ -92,6 +114,9 @@ class Term:
     def __call__(self, fwd: Forward, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
         """``(weighted loss, logs of detached unweighted values)``."""
         raise NotImplementedError
+
+    def after_step(self, target: nn.Module) -> None:
+        """After the target's optimizer step (``target``: the raw module), e.g. to move a teacher's average."""
 
 
 TERM_FAMILIES: dict[str, type[Term]] = {}
@@ -114,37 +139,55 @@ class Composite(SingleNetMethod):
     families: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
-    def strong_views(cls) -> bool:
-        """Whether the stream must add strong views of the unlabelled rows."""
-        return any(TERM_FAMILIES[f].reads_strong for f in cls.families)
+    def term_classes(cls) -> list[type[Term]]:
+        return [TERM_FAMILIES[f] for f in cls.families]
+
+    @classmethod
+    def wants_strong_views(cls, cfg: TrainConfig) -> bool:
+        return any(t.reads_strong for t in cls.term_classes())
+
+    @classmethod
+    def frozen_networks(cls, cfg: TrainConfig) -> dict[str, SourceConfig]:
+        """The union of the terms' frozen networks (SSKT's sources, KD's teacher)."""
+        return {k: s for t in cls.term_classes() for k, s in t.frozen_networks(cfg).items()}
+
+    @classmethod
+    def default_ema_decay(cls, cfg: TrainConfig) -> float:
+        """The largest of the terms' recipe decays (FixMatch's 0.999), 0 without any."""
+        return max((t.ema_decay for t in cls.term_classes()), default=0.0)
+
+    @classmethod
+    def cache_temperatures(cls, cfg: TrainConfig) -> dict[str, float]:
+        return {k: v for t in cls.term_classes() for k, v in t.cache_temperatures(cfg).items()}
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
-        for family in cls.families:
-            TERM_FAMILIES[family].check(cfg)
+        for term in cls.term_classes():
+            term.check(cfg)
+
+    @classmethod
+    def check_data(cls, cfg: TrainConfig, spec: DatasetSpec) -> None:
+        for term in cls.term_classes():
+            term.check_data(cfg, spec)
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
-        self.terms = [TERM_FAMILIES[f](ctx) for f in self.families]
+        self.terms = [term(ctx) for term in self.term_classes()]
         self.primary = primary_loss(self.cfg.method.primary_loss)
         self.primary_scale = 1.0
         for term in self.terms:
             self.primary_scale *= term.primary_scale
-            self.aux_classes = self.aux_classes | term.aux_classes
+            self.aux_classes = self.aux_classes | term.aux_heads()
         self.reads_unlabeled = any(t.reads_unlabeled for t in self.terms)
         self.reads_strong = any(t.reads_strong for t in self.terms)
         num_classes, aux = ctx.spec.num_classes, dict(self.aux_classes)
         # Declared, so seeded, alike under every composition: the backbone starts from the same weights.
         self.declare("target", lambda: build_target(self.cfg.model, num_classes, aux, self.cfg.head))
-        decay = ema_decay(self.cfg.method.ema_decay, self.reads_strong)
-        self.ema = EMA(self.networks["target"].raw, decay) if decay else None
 
     def setup(self, fabric: Fabric) -> None:
         super().setup(fabric)
         for term in self.terms:
             term.setup(fabric)
-        if self.ema is not None:
-            self.ema.to(fabric.device, self.cfg.channels_last)
 
     def forward_rows(self, batch: Batch) -> Forward:
         """One forward over the rows the terms read."""
@@ -157,7 +200,7 @@ class Composite(SingleNetMethod):
         weak = batch.num_unlabeled if self.reads_unlabeled else 0
         return Forward(batch, out, weak, strong)
 
-    def compute_loss(self, batch: Batch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def compute_loss(self, batch: Batch) -> StepOutput:
         fwd = self.forward_rows(batch)
         logits = fwd.logits("labeled")
         primary = self.primary(logits, batch.labels)
@@ -166,29 +209,12 @@ class Composite(SingleNetMethod):
             value, term_logs = term(fwd, self.epoch)
             loss = loss + value
             logs |= term_logs
-        self.rows = fwd.rows
-        return loss, logits, logs
+        return StepOutput(loss, logits, logs, fwd.rows)
 
-    def training_step(self, batch: Batch):
-        out = super().training_step(batch)
-        out.rows = self.rows
-        if self.ema is not None:
-            self.ema.update(self.networks["target"].raw)
-        return out
-
-    def evaluated(self) -> dict:
-        return {"": self.ema.module} if self.ema is not None else super().evaluated()
-
-    def state_dict(self) -> dict:
-        state = super().state_dict()
-        if self.ema is not None:
-            state["ema"] = self.ema.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        if self.ema is not None:
-            self.ema.load(state.get("ema"), self.networks["target"].raw)
+    def after_step(self) -> None:
+        super().after_step()
+        for term in self.terms:
+            term.after_step(self.networks["target"].raw)
 
 
 def register_compositions(methods, names: list[str]) -> None:

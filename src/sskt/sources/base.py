@@ -297,3 +297,10 @@ def build_source(cfg: SourceConfig, target_mean: Sequence[float], target_std: Se
         native_size=pre.native_size,
         input_scale=cfg.input_scale,
     )
+
+
+def build_sources(
+    configs: Mapping[str, SourceConfig], target_mean: Sequence[float], target_std: Sequence[float]
+) -> dict[str, Source]:
+    """``build_source`` of every config, by key: the frozen networks a method declares, each built once."""
+    return {key: build_source(cfg, target_mean, target_std) for key, cfg in configs.items()}

@@ -49,19 +49,21 @@ def cache_path(cfg: CacheConfig, key: dict) -> Path:
     return cache_root(cfg) / f"{key['dataset']['name']}-{key_digest(key)[:16]}"
 
 
-def check_cache_config(cfg: CacheConfig, temperature: float = 1.0) -> None:
-    """Raise a one-line UserError on K < 1, top-k < 1, an unknown dtype, or top-k at a temperature other than 1."""
+def check_cache_config(cfg: CacheConfig, temperatures: Mapping[str, float] | None = None) -> None:
+    """Raise a one-line UserError on K < 1, top-k < 1, an unknown dtype, or top-k read at a temperature other than
+    1. ``temperatures``: the temperature at which the method reads the cached logits, by config field (the method
+    declares them, ``Method.cache_temperatures``; the cache itself knows no method)."""
     if cfg.views < 1:
         raise UserError(f"cache.views must be at least 1, got {cfg.views}")
     if cfg.topk is not None and cfg.topk < 1:
         raise UserError(f"cache.topk must be at least 1 or null, got {cfg.topk}")
-    if cfg.topk is not None and temperature != 1:
-        # expand_topk spreads the remaining mass evenly; softmax(z / T) of that is not the tail's at T != 1
-        # (relative error 0.26 at T = 3 on a 1000-class source).
-        raise UserError(
-            f"cache.topk={cfg.topk} is exact only at method.sskt.temperature 1, got {temperature}; "
-            "set cache.topk null or method.sskt.temperature 1"
-        )
+    for field, temperature in (temperatures or {}).items():
+        if cfg.topk is not None and temperature != 1:
+            # expand_topk spreads the remaining mass evenly; softmax(z / T) of that is not the tail's at T != 1
+            # (relative error 0.26 at T = 3 on a 1000-class source).
+            raise UserError(
+                f"cache.topk={cfg.topk} is exact only at {field} 1, got {temperature}; set cache.topk null or {field} 1"
+            )
     check_choice("cache.dtype", cfg.dtype, DTYPES)
 
 
@@ -159,7 +161,7 @@ class Plan:
 def plan_for(cfg: TrainConfig, spec: DatasetSpec, stream: TrainStream, sources: dict[str, Source]) -> Plan:
     """The build plan of a run's cache (its key, folder, pools)."""
     dtype = cfg.cache.dtype
-    check_cache_config(cfg.cache, cfg.method.sskt.temperature)
+    check_cache_config(cfg.cache)  # the temperatures are the method's: check_config checks them
     check_sources(sources)
     key = cache_key(cfg, spec, stream, sources)
     return Plan(cache_path(cfg.cache, key), key, stream_pools(stream), sources, stream.normalize,
