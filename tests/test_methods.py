@@ -68,7 +68,8 @@ def test_sskt_reads_cached_soft_labels_instead_of_running_the_source(sskt_method
     images = torch.randn(6, 3, 16, 16)
     batch = Batch(images=images, labels=torch.tensor([0, 1, 2, 3]), indices=torch.arange(6), num_labeled=4)
     torch.manual_seed(0)
-    online_loss, logits, logs = sskt_method.compute_loss(batch)
+    online = sskt_method.compute_loss(batch)
+    online_loss, logits, logs = online.loss, online.logits, online.logs
     assert logits.shape == (4, 4), "primary logits cover the labelled rows only"
     assert set(logs) == {"primary_loss", f"aux_{SOURCE}"}
     (aux_term,) = sskt_method.terms
@@ -76,7 +77,7 @@ def test_sskt_reads_cached_soft_labels_instead_of_running_the_source(sskt_method
     monkeypatch.setattr(aux_term, "bank", lambda x: pytest.fail("the source ran although the batch had logits"))
     cached = Batch(images=images, labels=batch.labels, indices=batch.indices, num_labeled=4, soft=soft)
     torch.manual_seed(0)
-    cached_loss, _, _ = sskt_method.compute_loss(cached)
+    cached_loss = sskt_method.compute_loss(cached).loss
     assert cached_loss.item() == pytest.approx(online_loss.item(), rel=1e-5)
 
 
@@ -91,7 +92,8 @@ def test_unlabelled_rows_feed_only_the_auxiliary_loss(sskt_method) -> None:
     net.eval()  # batch statistics would mix rows; eval mode makes every row's output depend on that row alone
     try:
         batch = Batch(images=images, labels=labels, indices=torch.arange(6), num_labeled=4, soft=soft)
-        loss, logits, logs = sskt_method.compute_loss(batch)
+        step = sskt_method.compute_loss(batch)
+        loss, logs = step.loss, step.logs
         out = net(images)
         expected_primary = torch.nn.functional.cross_entropy(out.logits[:4], labels)
         assert logs["primary_loss"].item() == pytest.approx(expected_primary.item(), rel=1e-5)
