@@ -198,6 +198,18 @@ def batches_of(stream: TrainStream, epoch: int) -> list:
     return list(stream.epoch(epoch))
 
 
+def test_stream_takes_the_data_settings_and_the_seed_and_the_whole_config_alike() -> None:
+    """``TrainStream(spec, cfg.data, cfg.seed)`` reads nothing else; the older ``TrainStream(spec, cfg)`` is the
+    same stream, and a data block without a seed is refused."""
+    spec, cfg = toy_spec(), train_cfg(labels_per_class=3, unlabeled="rest", unlabeled_ratio=1)
+    explicit, whole = batches_of(TrainStream(spec, cfg.data, cfg.seed), 0), batches_of(TrainStream(spec, cfg), 0)
+    for a, b in zip(explicit, whole, strict=True):
+        assert torch.equal(a.images, b.images) and torch.equal(a.indices, b.indices)
+        assert torch.equal(a.aug_params, b.aug_params) and a.num_labeled == b.num_labeled
+    with pytest.raises(TypeError, match="seed"):
+        TrainStream(spec, cfg.data)
+
+
 def test_stream_is_deterministic_per_seed_and_epoch() -> None:
     spec, cfg = toy_spec(), train_cfg()
     first, again = batches_of(TrainStream(spec, cfg), 1), batches_of(TrainStream(spec, cfg), 1)

@@ -173,14 +173,19 @@ def test_a_run_made_before_a_field_retired_still_reads(runs: dict, tmp_path) -> 
     assert evaluate(old)["test_acc"] == pytest.approx(runs["full"]["final"]["test_acc"], abs=1e-6)
 
 
-def test_older_configs_move_the_ema_decay_and_keep_hintons_kd_form() -> None:
-    """``method.ema_decay`` became ``ema.decay``; KD runs made before ``method.kd.label_weight`` used 1 - lam."""
+def test_older_configs_move_the_ema_and_strong_views_and_keep_hintons_kd_form() -> None:
+    """``method.ema_decay`` became ``ema.decay`` and ``method.fixmatch.{ops, magnitude_bins, cutout}`` the block
+    ``strong_views``; KD runs made before ``method.kd.label_weight`` used 1 - lam."""
     from sskt.config_io import config_from_dict, config_to_dict, drop_retired
 
     old = config_from_dict(TrainConfig, drop_retired({"method": {"name": "scratch", "ema_decay": 0.999}}))
     assert old.ema.decay == 0.999 and old.ema.warmup and old.method.kd.label_weight == 1.0
     kd = config_from_dict(TrainConfig, drop_retired({"method": {"name": "kd+sskt", "kd": {"lam": 0.9}}}))
     assert kd.method.kd.label_weight is None and kd.method.kd.lam == 0.9
+    fixmatch = {"name": "fixmatch", "fixmatch": {"threshold": 0.9, "ops": 1, "cutout": 0.25}}
+    moved = config_from_dict(TrainConfig, drop_retired({"method": fixmatch}))
+    assert (moved.strong_views.ops, moved.strong_views.cutout, moved.strong_views.magnitude_bins) == (1, 0.25, 10)
+    assert moved.method.fixmatch.threshold == 0.9 and fixmatch["fixmatch"]["ops"] == 1, "the input is not changed"
     today = config_to_dict(TrainConfig(method=dataclasses.replace(TrainConfig().method, name="kd")))
     assert drop_retired(today) == today, "today's configs pass unchanged"
 

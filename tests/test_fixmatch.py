@@ -12,7 +12,7 @@ from lightning_fabric import Fabric
 from safetensors.torch import load_file
 from torch import nn
 
-from sskt.config import EMAConfig, FixMatchConfig, TrainConfig
+from sskt.config import EMAConfig, StrongViewConfig, TrainConfig
 from sskt.data import build_dataset
 from sskt.data.randaugment import OP_NAMES, Cutout, RandAugment, strong_augment
 from sskt.data.spec import Batch
@@ -147,17 +147,17 @@ def test_cutout_fills_one_square_with_grey() -> None:
 def test_stream_adds_replayable_strong_views_only_when_asked(colour_cfg, tmp_path) -> None:
     cfg = _fixmatch_cfg(colour_cfg, tmp_path / "run")
     spec = build_dataset(cfg.data)
-    stream = TrainStream(spec, cfg)
+    stream = TrainStream(spec, cfg.data, cfg.seed)
     plain = next(iter(stream.epoch(0)))
     assert plain.strong is None
-    stream.enable_strong_views(cfg)
+    stream.enable_strong_views(cfg.strong_views)
     first, again = next(iter(stream.epoch(0))), next(iter(stream.epoch(0)))
     assert torch.equal(first.images, plain.images), "strong views do not shift the weak views' draws"
     assert first.strong.shape == (first.num_unlabeled, *first.images.shape[1:])
     assert torch.equal(first.strong, again.strong)
     assert not torch.equal(first.strong, first.images[first.num_labeled :])
     hw = (16, 16)
-    augment = strong_augment(spec, FixMatchConfig(ops=0, cutout=0.0), in_hw=hw)
+    augment = strong_augment(spec, StrongViewConfig(ops=0, cutout=0.0), in_hw=hw)
     assert [type(op).__name__ for op in augment.ops][-2:] == ["RandAugment", "Cutout"]
 
 

@@ -204,6 +204,13 @@ class FixMatchConfig:
     """Confidence tau: an unlabelled row counts only where max softmax(f(weak)) >= tau."""
     lambda_u: float = 1.0
     """Weight of the masked unlabelled cross-entropy."""
+
+
+@dataclass
+class StrongViewConfig:
+    """The strong view of an unlabelled image that a method may ask for (FixMatch's): crop and flip, RandAugment,
+    then Cutout (sskt.data.randaugment); drawn only when the method wants strong views."""
+
     ops: int = 2
     """RandAugment operations per strong view, drawn from the 14."""
     magnitude_bins: int = 10
@@ -315,6 +322,8 @@ class TrainConfig:
     """Soft-label cache."""
     ema: EMAConfig = field(default_factory=EMAConfig)
     """Average of the target's weights (any method)."""
+    strong_views: StrongViewConfig = field(default_factory=StrongViewConfig)
+    """Strong views of the unlabelled images (any method that asks for them)."""
     accelerator: str = "auto"
     """Fabric accelerator: 'auto', 'cpu', 'cuda', 'mps'."""
     devices: int = 1

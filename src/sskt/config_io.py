@@ -171,14 +171,18 @@ is read, so its run still evaluates, serves as a ``checkpoint:`` source and pass
 SSKT_FIELDS = ("alpha", "temperature", "aux_loss", "alpha_schedule", "alpha_warmup_epochs", "alpha_floor")
 """SSKT's fields, which older runs wrote flat under ``method`` and now live in ``method.sskt``."""
 
+STRONG_VIEW_FIELDS = ("ops", "magnitude_bins", "cutout")
+"""The strong view's fields, which older runs wrote under ``method.fixmatch`` and now live in ``strong_views``."""
+
 NATIVE_SIZES = {"stl10": 96}
 """Image side of the datasets whose default crop padding changed (the rest ran at 32 px: 4 px then and now)."""
 
 
 def drop_retired(data: dict) -> dict:
     """An older run's config in today's terms (a copy): ``RETIRED`` fields dropped, SSKT's flat ``method`` fields
-    moved into ``method.sskt``, ``method.ema_decay`` moved to ``ema.decay``, and fields added since then whose
-    default is not what that run did set to what it did:
+    moved into ``method.sskt``, ``method.ema_decay`` moved to ``ema.decay``, ``method.fixmatch``'s strong-view
+    fields moved to ``strong_views``, and fields added since then whose default is not what that run did set to
+    what it did:
 
     - ``data.crop_padding``: runs made before it padded by ``image_size // 8`` (12 px for STL10's 96 px images), so
       the grid's drift check and the report's grouping see that, not today's 4;
@@ -206,6 +210,11 @@ def _upgrade_method(data: dict) -> None:
         method["sskt"] = {**moved, **(method.get("sskt") or {})}
     if "ema_decay" in method:
         data["ema"] = {"decay": method.pop("ema_decay"), **(data.get("ema") or {})}
+    if isinstance(method.get("fixmatch"), Mapping):
+        method["fixmatch"] = fixmatch = dict(method["fixmatch"])
+        views = {k: fixmatch.pop(k) for k in STRONG_VIEW_FIELDS if k in fixmatch}
+        if views:
+            data["strong_views"] = {**views, **(data.get("strong_views") or {})}
     if "kd" in str(method.get("name", "")).split("+"):
         method["kd"] = {"label_weight": None, **(method.get("kd") or {})}
 

@@ -22,7 +22,7 @@ import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 from torchvision.transforms import InterpolationMode
 
-from sskt.config import FixMatchConfig
+from sskt.config import StrongViewConfig
 from sskt.data.augment import DEFAULT_PADDING, Augment, AugOp, HFlip, RandomCrop, fit_ops
 from sskt.data.datasets import stored_shape
 from sskt.data.spec import DatasetSpec
@@ -127,7 +127,7 @@ class Cutout(AugOp):
 
 
 def strong_augment(
-    spec: DatasetSpec, cfg: FixMatchConfig, in_hw: tuple[int, int] | None = None, padding: int = DEFAULT_PADDING
+    spec: DatasetSpec, cfg: StrongViewConfig, in_hw: tuple[int, int] | None = None, padding: int = DEFAULT_PADDING
 ) -> Augment:
     """The strong view for ``spec``'s images: the weak view's fit, random crop and flip, then RandAugment with
     ``cfg.ops`` operations and ``cfg.magnitude_bins`` levels, then Cutout of ``cfg.cutout`` of the side."""

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from sskt.config import DataConfig, TrainConfig
+from sskt.config import DataConfig, StrongViewConfig, TrainConfig
 from sskt.data.augment import Augment, Normalize, build_augment
 from sskt.data.datasets import EXTRA_SPLITS, load_extra_split, stored_shape
 from sskt.data.folder import unlabeled_folder
@@ -101,21 +101,31 @@ class TrainSplit:
     rest: Tensor
 
 
-def train_split(spec: DatasetSpec, cfg: TrainConfig) -> TrainSplit:
+def train_split(spec: DatasetSpec, cfg: TrainConfig | DataConfig, seed: int | None = None) -> TrainSplit:
     """The validation split, then the labelled training indices (all remaining, or ``labels_per_class`` per class
-    chosen by subset_seed), then the rest; each sorted int64 dataset indices into ``spec.train``."""
-    data = cfg.data
+    chosen by ``data.subset_seed``, else by the run's ``seed``), then the rest; each sorted int64 dataset indices
+    into ``spec.train``. ``cfg``: the data settings and the run's seed, or (older callers) the whole run config."""
+    data, seed = split_config(cfg, seed)
     val, remaining = split_validation(spec.train.labels, data.val_per_class, data.val_seed)
-    seed = cfg.seed if data.subset_seed is None else data.subset_seed
+    seed = seed if data.subset_seed is None else data.subset_seed
     labeled = labeled_after_validation(spec.train.labels, remaining, data.labels_per_class, seed)
     free = torch.ones(len(spec.train), dtype=torch.bool)
     free[val], free[labeled] = False, False
     return TrainSplit(val, labeled, free.nonzero().squeeze(1))
 
 
-def labeled_indices(spec: DatasetSpec, cfg: TrainConfig) -> Tensor:
+def split_config(cfg: TrainConfig | DataConfig, seed: int | None) -> tuple[DataConfig, int]:
+    """``(data settings, run seed)`` from explicit ones, or from a whole run config (the older call form)."""
+    if isinstance(cfg, DataConfig):
+        if seed is None:
+            raise TypeError("the run's seed is needed with a DataConfig")
+        return cfg, seed
+    return cfg.data, cfg.seed
+
+
+def labeled_indices(spec: DatasetSpec, cfg: TrainConfig | DataConfig, seed: int | None = None) -> Tensor:
     """The labelled training indices (sorted int64), outside the validation split."""
-    return train_split(spec, cfg).labeled
+    return train_split(spec, cfg, seed).labeled
 
 
 def unlabeled_pool(spec: DatasetSpec, data: DataConfig, rest: Tensor) -> Pool | None:
@@ -156,25 +166,50 @@ def _cycle(members: Tensor, total: int, generator: torch.Generator) -> Tensor:
     return torch.cat([members[torch.randperm(len(members), generator=generator)] for _ in range(passes)])[:total]
 
 
+@dataclass
+class Rows:
+    """One pool's rows of a batch, before the pools are joined into a ``Batch``."""
+
+    indices: Tensor
+    """int64 [n] dataset indices in the pool's index space."""
+    images: Tensor
+    """float [n, C, H, W] (or [n, C, T, H, W]) augmented and normalised."""
+    params: Tensor
+    """int64 [n, P] augmentation parameters that made ``images`` (replayable)."""
+    soft: dict[str, Tensor] | None
+    """Cached logits per frozen network for the same views (the view provider's), or None."""
+    strong: Tensor | None
+    """The rows' strong views, normalised, or None (not asked for)."""
+
+
 class TrainStream:
-    """Epochs of training batches, deterministic in ``(cfg.seed, epoch)``.
+    """Epochs of training batches, deterministic in ``(seed, epoch)``.
 
     Each batch holds up to ``data.batch_size`` labelled rows, then ``unlabeled_ratio`` unlabelled rows per labelled
     row. ``len(stream)`` is the number of steps per epoch (the last partial batch is kept). With ``device`` set,
-    in-memory images are kept on that device and augmented there. ``enable_strong_views`` adds FixMatch's strong
-    view of every unlabelled row (``Batch.strong``), drawn from its own (seed, epoch) stream.
+    in-memory images are kept on that device and augmented there. ``enable_strong_views`` adds a strong view of
+    every unlabelled row (``Batch.strong``), drawn from its own (seed, epoch) stream. The stream takes the data
+    settings and the run's seed (``TrainStream(spec, cfg.data, cfg.seed)``); a whole ``TrainConfig`` in place of
+    both is the older call form.
     """
 
-    def __init__(self, spec: DatasetSpec, cfg: TrainConfig, device: torch.device | str | None = None) -> None:
-        self.spec, self.seed, self.batch_size = spec, cfg.seed, cfg.data.batch_size
-        self.num_workers = cfg.data.num_workers
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        data: DataConfig | TrainConfig,
+        seed: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        data, seed = split_config(data, seed)
+        self.spec, self.seed, self.batch_size = spec, seed, data.batch_size
+        self.num_workers, self.padding = data.num_workers, data.crop_padding
         self.device = None if device is None else torch.device(device)
-        self.augment = build_augment(spec, cfg.data.augment, padding=cfg.data.crop_padding)
+        self.augment = build_augment(spec, data.augment, padding=data.crop_padding)
         self.normalize = Normalize(spec.mean, spec.std)
-        self.split = train_split(spec, cfg)
+        self.split = train_split(spec, data, seed)
         self.labeled = Pool("train", spec.train, self.split.labeled, self.augment)
-        self.unlabeled = unlabeled_pool(spec, cfg.data, self.split.rest)
-        self.ratio = cfg.data.unlabeled_ratio if self.unlabeled is not None else 0
+        self.unlabeled = unlabeled_pool(spec, data, self.split.rest)
+        self.ratio = data.unlabeled_ratio if self.unlabeled is not None else 0
         self.strong: Augment | None = None
         self.provider: ViewProvider | None = None
         self._resident: dict[str, Tensor] = {}
@@ -198,17 +233,23 @@ class TrainStream:
     def __len__(self) -> int:
         return math.ceil(len(self.labeled.indices) / self.batch_size)
 
+    def pools(self) -> list[Pool]:
+        """Where the rows come from: the labelled pool, then the unlabelled one when there is one."""
+        return [self.labeled] + ([self.unlabeled] if self.unlabeled is not None else [])
+
     def shard(self, rank: int, world: int) -> None:
         """Under data parallelism: every epoch draws the same global batches on every rank (the same (seed, epoch)
         streams), and this rank trains on ``Batch.shard(rank, world)`` of each."""
         self.rank, self.world = rank, world
 
-    def enable_strong_views(self, cfg: TrainConfig) -> None:
-        """Add FixMatch's strong view (``cfg.method.fixmatch``) of every unlabelled row as ``Batch.strong``."""
+    def enable_strong_views(self, views: StrongViewConfig | TrainConfig) -> None:
+        """Add the strong view (``strong_views``: RandAugment and Cutout) of every unlabelled row as
+        ``Batch.strong``; a ``TrainConfig`` stands for its ``strong_views`` (the older call form)."""
         if self.unlabeled is None:
-            raise UserError(f"method {cfg.method.name!r} needs unlabelled images: set data.unlabeled (e.g. 'rest')")
+            raise UserError("strong views are of unlabelled images: set data.unlabeled (e.g. 'rest')")
+        views = views.strong_views if isinstance(views, TrainConfig) else views
         hw = stored_shape(self.unlabeled.split)[-2:]
-        self.strong = strong_augment(self.spec, cfg.method.fixmatch, in_hw=hw, padding=cfg.data.crop_padding)
+        self.strong = strong_augment(self.spec, views, in_hw=hw, padding=self.padding)
 
     def set_view_provider(self, provider: ViewProvider | None) -> None:
         """Replay stored views: epochs take augmentation params and ``Batch.soft`` from ``provider``."""
@@ -235,8 +276,8 @@ class TrainStream:
             yield self._batch(rows).shard(self.rank, self.world)
 
     def _rows(self, pool: Pool, batches: list[Tensor], aug_gen, views_gen, strong_gen=None, clip_gen=None):
-        """Yield ``(indices, images float normalised, params, soft, strong view or None)`` for each index batch
-        drawn from ``pool``; strong views only with ``strong_gen`` and strong views asked for."""
+        """Yield the ``Rows`` of each index batch drawn from ``pool``; strong views only with ``strong_gen`` and
+        strong views asked for."""
         sizes = [len(b) for b in batches]
         params = pool.augment.sample(sum(sizes), aug_gen).split(sizes)
         strong = self.strong if strong_gen is not None else None
@@ -251,7 +292,7 @@ class TrainStream:
                 p, soft = self.provider.lookup(idx, views_gen, pool.name)
             raw = raw if self.device is None else raw.to(self.device, non_blocking=True)
             view = None if strong is None else self.normalize(strong.apply(raw, sp))
-            yield idx, self.normalize(pool.augment.apply(raw, p)), p, soft, view
+            yield Rows(idx, self.normalize(pool.augment.apply(raw, p)), p, soft, view)
 
     def _images(self, pool: Pool) -> Tensor | None:
         """The pool's in-memory uint8 images, moved once to ``self.device`` (None for lazy splits)."""
@@ -262,20 +303,18 @@ class TrainStream:
             self._resident[pool.name] = images.to(self.device)
         return self._resident[pool.name]
 
-    def _batch(self, rows: tuple) -> Batch:
-        idx = rows[0][0]
-        labels = self.labeled.split.labels[idx]
-        softs = [r[3] for r in rows]
-        soft = None if softs[0] is None else {k: torch.cat([s[k] for s in softs]) for k in softs[0]}
-        device = self.device or torch.device("cpu")
+    def _batch(self, parts: tuple[Rows, ...]) -> Batch:
+        """One ``Batch`` of the labelled ``Rows`` and (when there are any) the unlabelled ones, in that order."""
+        labeled, device = parts[0], self.device or torch.device("cpu")
+        soft = None if labeled.soft is None else {k: torch.cat([p.soft[k] for p in parts]) for k in labeled.soft}
         return Batch(
-            images=torch.cat([r[1] for r in rows]),
-            labels=labels.to(device),
-            indices=torch.cat([r[0] for r in rows]).to(device),
-            num_labeled=len(idx),
-            aug_params=torch.cat([r[2].to(device) for r in rows]),
+            images=torch.cat([p.images for p in parts]),
+            labels=self.labeled.split.labels[labeled.indices].to(device),
+            indices=torch.cat([p.indices for p in parts]).to(device),
+            num_labeled=len(labeled.indices),
+            aug_params=torch.cat([p.params.to(device) for p in parts]),
             soft=soft,
-            strong=rows[-1][4] if len(rows) > 1 else None,
+            strong=parts[-1].strong if len(parts) > 1 else None,
         )
 
 

@@ -40,6 +40,7 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.cache.enabled:
         check_cache_config(cfg.cache, method.cache_temperatures(cfg))
     _check_positive(cfg)
+    _check_strong_views(cfg)
     _check_device(cfg)
 
 
@@ -67,6 +68,15 @@ def _check_positive(cfg: TrainConfig) -> None:
         raise UserError(f"optim.lr must be positive, got {cfg.optim.lr}")
     if not str(cfg.out).strip():
         raise UserError("out must name a run directory, got an empty path")
+
+
+def _check_strong_views(cfg: TrainConfig) -> None:
+    views = cfg.strong_views
+    if views.ops < 0 or views.magnitude_bins < 1 or not 0.0 <= views.cutout <= 1.0:
+        raise UserError(
+            "strong_views needs ops >= 0, magnitude_bins >= 1 and cutout in [0, 1]; got "
+            f"ops={views.ops}, magnitude_bins={views.magnitude_bins}, cutout={views.cutout}"
+        )
 
 
 def _check_device(cfg: TrainConfig) -> None:

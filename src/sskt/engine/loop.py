@@ -160,7 +160,7 @@ def build_parts(cfg: TrainConfig, fabric: Fabric) -> tuple[DatasetSpec, TrainStr
     The frozen networks the method declares are built here, once, and shared by the cache and the method."""
     seed_everything(cfg.seed)
     spec = build_dataset(cfg.data)
-    stream = TrainStream(spec, cfg, device=fabric.device)
+    stream = TrainStream(spec, cfg.data, cfg.seed, device=fabric.device)
     stream.shard(fabric.global_rank, fabric.world_size)
     METHODS.get(cfg.method.name).check_data(cfg, spec)  # before the frozen networks are built
     frozen = frozen_networks(cfg, spec)
@@ -168,7 +168,7 @@ def build_parts(cfg: TrainConfig, fabric: Fabric) -> tuple[DatasetSpec, TrainStr
         attach_cache(cfg, spec, stream, fabric, frozen)
     method = METHODS.create(cfg.method.name, ctx=MethodContext(cfg, spec, len(stream), frozen))
     if METHODS.get(cfg.method.name).wants_strong_views(cfg):
-        stream.enable_strong_views(cfg)
+        stream.enable_strong_views(cfg.strong_views)
     method.setup(fabric)
     return spec, stream, method
 

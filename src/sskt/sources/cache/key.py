@@ -85,9 +85,8 @@ def _augment_desc(augment: Augment) -> list[dict]:
 
 def stream_pools(stream: TrainStream) -> list[PoolPlan]:
     """The stream's pools grouped by index space ('rest' shares 'train' with the labelled subset)."""
-    pools = [stream.labeled] + ([stream.unlabeled] if stream.unlabeled is not None else [])
     plans: dict[str, PoolPlan] = {}
-    for pool in pools:
+    for pool in stream.pools():
         if pool.name in plans:
             merged = torch.cat([plans[pool.name].indices, pool.indices]).unique(sorted=True)
             plans[pool.name].indices = merged
@@ -112,7 +111,6 @@ def cache_key(cfg: TrainConfig, spec: DatasetSpec, stream: TrainStream, sources:
         | content_identity(p.split)
         for p in stream_pools(stream)
     }
-    unlabeled = stream.unlabeled
     return {
         "format": FORMAT,
         "sources": [{"key": k, **s.fingerprint()} for k, s in sources.items()],
@@ -123,7 +121,7 @@ def cache_key(cfg: TrainConfig, spec: DatasetSpec, stream: TrainStream, sources:
             "subset_seed": cfg.seed if data.subset_seed is None else data.subset_seed,
             "indices_sha256": indices_digest(stream.labeled_indices),
         },
-        "unlabeled": None if unlabeled is None else data.unlabeled,
+        "unlabeled": None if stream.unlabeled_name is None else data.unlabeled,
         "pools": pools,
         "augment": {"preset": data.augment, "ops": _augment_desc(stream.augment)},
         "views": cfg.cache.views,
