@@ -19,7 +19,7 @@ probe``). The engine builds the teacher once (``frozen_networks``) and serves it
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from sskt import losses
 from sskt.config import KDConfig, SourceConfig, TrainConfig
@@ -88,7 +88,7 @@ class KDTerm(Term):
         self.bank = SourceBank({TEACHER_KEY: self.teacher}, chunk=cfg.source_chunk)
         self.primary_scale = label_weight(cfg.method.kd)
 
-    def setup(self, fabric) -> None:
+    def setup(self, fabric, target: nn.Module) -> None:
         # The teacher is frozen: on the device, outside Fabric's wrapping, never in an optimizer.
         self.bank = self.bank.to(fabric.device)
         self.fabric = fabric

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import get_args
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from sskt.config import AlphaSchedule, AuxLoss, SourceConfig, SSKTConfig, TrainConfig
 from sskt.data.spec import Batch
@@ -87,7 +87,7 @@ class AuxTerm(Term):
         """One head per source, of the source's class count."""
         return self.aux_classes
 
-    def setup(self, fabric) -> None:
+    def setup(self, fabric, target: nn.Module) -> None:
         # Sources are frozen: on the device, outside Fabric's wrapping, never in an optimizer.
         self.bank = self.bank.to(fabric.device)
         self.fabric = fabric

@@ -108,8 +108,9 @@ class Term:
         """Auxiliary heads this term needs on the target: class count by source key."""
         return {}
 
-    def setup(self, fabric: Fabric) -> None:
-        """Move frozen networks (sources, teachers) to the fabric's device."""
+    def setup(self, fabric: Fabric, target: nn.Module) -> None:
+        """Move frozen networks (sources, teachers) to the fabric's device; ``target`` is the raw module being
+        trained (a term that keeps a copy of it, such as a teacher's average, makes it here)."""
 
     def __call__(self, fwd: Forward, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
         """``(weighted loss, logs of detached unweighted values)``."""
@@ -117,6 +118,13 @@ class Term:
 
     def after_step(self, target: nn.Module) -> None:
         """After the target's optimizer step (``target``: the raw module), e.g. to move a teacher's average."""
+
+    def state_dict(self) -> dict:
+        """What the term keeps across steps (a teacher's average, say), for the checkpoint; {} for none."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()``'s output ({} when the checkpoint holds none for this term)."""
 
 
 TERM_FAMILIES: dict[str, type[Term]] = {}
@@ -187,7 +195,7 @@ class Composite(SingleNetMethod):
     def setup(self, fabric: Fabric) -> None:
         super().setup(fabric)
         for term in self.terms:
-            term.setup(fabric)
+            term.setup(fabric, self.networks["target"].raw)
 
     def forward_rows(self, batch: Batch) -> Forward:
         """One forward over the rows the terms read."""
@@ -215,6 +223,16 @@ class Composite(SingleNetMethod):
         super().after_step()
         for term in self.terms:
             term.after_step(self.networks["target"].raw)
+
+    def state_dict(self) -> dict:
+        """The base's state, plus ``"terms"`` (by family) when a term keeps any."""
+        terms = {f: s for f, t in zip(self.families, self.terms, strict=True) if (s := t.state_dict())}
+        return super().state_dict() | ({"terms": terms} if terms else {})
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        for family, term in zip(self.families, self.terms, strict=True):
+            term.load_state_dict(state.get("terms", {}).get(family, {}))
 
 
 def register_compositions(methods, names: list[str]) -> None:
