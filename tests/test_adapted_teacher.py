@@ -19,6 +19,7 @@ from sskt.methods import METHODS, MethodContext
 from sskt.methods.kd import TEACHER_KEY
 from sskt.sources import SOURCES, SourceBank
 from sskt.sources.cache.key import cache_root
+from sskt.trained import load_trained, read_weights
 
 LITE0 = SourceConfig(name="efficientnet_lite0.imagenet", input_size=32)
 
@@ -54,9 +55,7 @@ def test_a_probe_run_is_a_teacher_with_the_runs_predictions(probe_run) -> None:
     teacher = SOURCES.create(f"checkpoint:{probe_run['out']}")
     assert teacher.num_classes == 4
     method = METHODS.create("probe", ctx=MethodContext(cfg, spec, 4))
-    from sskt.engine.weights import load_target_weights
-
-    state, _ = load_target_weights(probe_run["out"] / "model.safetensors")
+    state, _ = read_weights(probe_run["out"] / "model.safetensors")
     method.networks["target"].raw.load_state_dict(state)
     x = torch.randn(5, 3, 16, 16)
     with torch.no_grad():
@@ -122,9 +121,9 @@ def test_probe_needs_exactly_one_source(colour_cfg, tmp_path) -> None:
 
 
 def test_a_probe_run_ships_and_predicts(probe_run) -> None:
-    from sskt.inference import load_network, sample_batch
+    from sskt.inference import sample_batch
 
-    net, card = load_network(probe_run["out"])
+    net, card = load_trained(probe_run["out"])
     assert card.architecture == "probe" and card.source["name"] == LITE0.name
     teacher = SOURCES.create(f"checkpoint:{probe_run['out']}")
     x = sample_batch(card)

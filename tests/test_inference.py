@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 
 from sskt.cli import main
 from sskt.engine import evaluate, train
-from sskt.inference import load_network, preprocess, read_image, sample_batch
-from sskt.modelcard import read_model_card
+from sskt.inference import preprocess, read_image, sample_batch
 from sskt.rundir import RunDir
 from sskt.sources import SOURCES
+from sskt.trained import load_trained, read_card
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_a_finished_run_ships_the_target_and_its_card(sskt_run) -> None:
     run = sskt_run["run"]
     weights = load_file(run.weights)
     assert weights and not any(k.startswith("aux.") for k in weights), "the heads stay in the training checkpoint"
-    card = read_model_card(run.model_card)
+    card = read_card(run.model_card)
     assert (card.architecture, card.task, card.num_classes) == ("resnet20", "single_label", 4)
     assert card.class_names == ["c0", "c1", "c2", "c3"] and card.input_size == 16 and card.channels == 3
     assert len(card.mean) == len(card.std) == 3 and card.sskt_version
@@ -41,7 +41,7 @@ def test_a_checkpoint_source_reads_the_card_not_the_dataset(sskt_run, monkeypatc
 
     monkeypatch.setattr(checkpoint, "build_dataset", lambda *a, **k: pytest.fail("the dataset was rebuilt"))
     teacher = SOURCES.create(f"checkpoint:{sskt_run['run'].root}")
-    card = read_model_card(sskt_run["run"].model_card)
+    card = read_card(sskt_run["run"].model_card)
     assert teacher.num_classes == 4 and list(teacher.mean) == card.mean
 
 
@@ -65,7 +65,7 @@ def test_predict_gives_the_evaluated_classes_and_names_bad_files(sskt_run, colou
 
 
 def test_predict_preprocesses_as_evaluation_does(sskt_run, colour_folder) -> None:
-    net, card = load_network(sskt_run["run"].root)
+    net, card = load_trained(sskt_run["run"].root)
     image = read_image(next((colour_folder / "test" / "c1").glob("*.png")), card)
     assert image.dtype == torch.uint8 and image.shape == (3, 16, 16)
     x = preprocess(image[None], card)
@@ -81,7 +81,7 @@ def test_export_round_trips_within_tolerance(sskt_run, tmp_path, fmt, capsys) ->
     if fmt == "onnx":
         import onnxruntime
 
-        net, card = load_network(sskt_run["run"].root)
+        net, card = load_trained(sskt_run["run"].root)
         x = sample_batch(card, n=3, seed=1)  # another batch size than the export's: the batch axis is dynamic
         got = onnxruntime.InferenceSession(str(out)).run(["logits"], {"images": x.numpy()})[0]
         with torch.inference_mode():
@@ -110,8 +110,8 @@ def test_a_run_made_before_the_card_still_loads(sskt_run, tmp_path) -> None:
     old = tmp_path / "old"
     shutil.copytree(sskt_run["run"].root, old)
     (old / "model.json").unlink()
-    net_old, card_old = load_network(old)
-    net, card = load_network(sskt_run["run"].root)
+    net_old, card_old = load_trained(old)
+    net, card = load_trained(sskt_run["run"].root)
     assert card_old == card
     x = sample_batch(card)
     with torch.inference_mode():

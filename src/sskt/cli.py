@@ -74,7 +74,8 @@ def list_command(argv: list[str]) -> int:
 
 def predict_command(argv: list[str]) -> int:
     """``sskt predict RUN_DIR IMAGE|FOLDER... [--topk K] [--json]``: the top classes of each image."""
-    from sskt.inference import collect_images, load_network, predict
+    from sskt.inference import collect_images, predict
+    from sskt.trained import load_trained
 
     parser = ArgumentParser(prog="sskt predict", description="Top classes of images.", exit_on_error=False)
     parser.add_argument("run", type=str, help="Run directory (holds model.safetensors and model.json).")
@@ -85,7 +86,7 @@ def predict_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.topk < 1 or args.batch_size < 1:
         raise UserError(f"--topk and --batch_size must be at least 1, got {args.topk} and {args.batch_size}")
-    net, card = load_network(args.run)
+    net, card = load_trained(args.run)
     if card.task == "video":
         raise UserError(f"sskt predict takes images; {args.run!r} is a video model (clips of {card.extra['clip_len']})")
     failed = 0

@@ -1,9 +1,8 @@
-"""Using a trained network without its training set-up: load it from a run directory, preprocess image files as
-evaluation does, predict, and export (ONNX, TorchScript, safetensors) with a parity check.
+"""Using a trained network without its training set-up: preprocess image files as evaluation does, predict, and
+export (ONNX, TorchScript, safetensors) with a parity check.
 
-``load_network(run)`` reads ``model.json`` and ``model.safetensors`` (a run finished before sskt wrote the card
-gets one derived from its ``config.yaml`` and its dataset, read without downloading). The network maps images
-normalised as the card says ``[B, 3, S, S]`` to logits ``[B, num_classes]``.
+The network and its card come from ``sskt.trained.load_trained(run)``, which reads ``model.json`` and
+``model.safetensors``; it maps images normalised as the card says ``[B, 3, S, S]`` to logits ``[B, num_classes]``.
 """
 
 from __future__ import annotations
@@ -20,59 +19,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
-from sskt.config import HeadConfig, ModelConfig
 from sskt.data.augment import Augment, Normalize, fit_ops
 from sskt.data.folder import IMAGE_EXTENSIONS, image_files
 from sskt.errors import UserError
-from sskt.modelcard import ModelCard, read_model_card
-from sskt.rundir import RunDir
+from sskt.trained import ModelCard, load_trained
 
 PARITY_TOLERANCE = 1e-4
 """Largest absolute logit difference an export may show against PyTorch on the sample batch."""
-
-
-class Logits(nn.Module):
-    """A classifier as a plain ``images -> logits`` module (the auxiliary heads, if any, are not run)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.net(x, with_aux=False) if hasattr(self.net, "aux_keys") else self.net(x)
-        return out if isinstance(out, Tensor) else out.logits
-
-
-def card_of(run: RunDir) -> ModelCard:
-    """The run's ``model.json``, or for an older run one derived from its config and dataset."""
-    if run.model_card.is_file():
-        return read_model_card(run.model_card)
-    from sskt.data import build_dataset  # only for runs without a card: building the dataset is the slow path
-    from sskt.engine.weights import model_card
-
-    cfg = run.read_config()
-    cfg.data.download = False
-    return model_card(cfg, build_dataset(cfg.data))
-
-
-def load_network(path: str | Path) -> tuple[Logits, ModelCard]:
-    """The trained network of the run directory ``path`` (or of its ``model.safetensors``), in eval mode."""
-    from sskt.engine.weights import load_target_weights
-    from sskt.models import build_target
-    from sskt.sources.weights import load_into
-
-    run = RunDir.containing(path)
-    card = card_of(run)
-    state, _ = load_target_weights(run.weights)
-    what = f"run {str(run.root)!r}"
-    if card.architecture == "probe":
-        from sskt.methods.probe import probe_from_run
-
-        net = probe_from_run(card.source or {}, (card.mean, card.std), state, what)
-    else:
-        net = build_target(ModelConfig(name=card.architecture), card.num_classes, {}, HeadConfig())
-        load_into(net, {k: v for k, v in state.items() if not k.startswith("aux.")}, what)
-    return Logits(net).eval(), card
 
 
 # --- inputs ----------------------------------------------------------------------------------------------------
@@ -151,7 +104,7 @@ def export(path: str | Path, fmt: str, out: str | Path) -> dict:
     """Write the run's network as ``fmt`` ('onnx', 'torchscript', 'safetensors') to ``out`` with the model card
     inside, reload it, and compare its logits with PyTorch's on a sample batch. A difference above
     ``PARITY_TOLERANCE`` removes the file and is a UserError."""
-    net, card = load_network(path)
+    net, card = load_trained(path)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     x = sample_batch(card)

@@ -22,13 +22,14 @@ from sskt.config import TrainConfig
 from sskt.config_io import config_changes, config_to_dict, drop_retired, load_config, save_config
 from sskt.errors import UserError
 from sskt.files import write_text_atomic
-from sskt.modelcard import MODEL_CARD
 
 RECORDS = "records.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
 CHECKPOINT = "checkpoints/last.pt"
 WEIGHTS = "model.safetensors"
+MODEL_CARD = "model.json"
+"""The card of ``WEIGHTS`` (``sskt.trained.ModelCard``)."""
 LOCK = ".train.lock"
 
 

@@ -1,8 +1,7 @@
-"""``evaluate(path)``: re-evaluate a trained run from its ``config.yaml`` and saved weights."""
+"""``evaluate(path)``: re-evaluate a trained run on its dataset, from its shipped network or its checkpoint."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -11,20 +10,18 @@ from sskt.data import build_dataset
 from sskt.data.stream import train_split
 from sskt.engine.checkpoint import load_checkpoint
 from sskt.engine.evaluation import eval_splits, evaluate_splits
-from sskt.engine.weights import load_target_weights
 from sskt.methods import METHODS, MethodContext
-from sskt.methods.probe import probe_from_run
-from sskt.models import build_target
 from sskt.rundir import RunDir
+from sskt.trained import load_trained
 
 
 def evaluate(path: str | Path, device: str | torch.device = "cpu") -> dict[str, float]:
     """Validation (when the run held a split out) and test metrics of a run. A run directory or
-    ``model.safetensors`` evaluates the final target; a checkpoint file (``checkpoints/last.pt``) rebuilds the method
-    and evaluates every network it evaluates during training."""
+    ``model.safetensors`` evaluates the shipped network (``sskt.trained``: its card says what to build); a
+    checkpoint file (``checkpoints/last.pt``) rebuilds the method and evaluates every network it evaluates during
+    training."""
     path = Path(path)
-    run = RunDir.containing(path)
-    cfg = run.read_config()
+    cfg = RunDir.containing(path).read_config()
     cfg.data.download = False
     spec = build_dataset(cfg.data)
     device = torch.device(device)
@@ -32,13 +29,7 @@ def evaluate(path: str | Path, device: str | torch.device = "cpu") -> dict[str, 
     splits = eval_splits(spec, val, cfg.data.eval_batch_size, device, cfg.data.num_workers)
     if path.suffix == ".pt":
         return _evaluate_checkpoint(cfg, spec, path, splits, device)
-    state, aux_classes = load_target_weights(path if path.suffix == ".safetensors" else run.weights)
-    if cfg.method.name == "probe":  # the source with its trained classifier, not cfg.model
-        what = f"run {str(run.root)!r}"
-        net = probe_from_run(dataclasses.asdict(cfg.sources[0]), (spec.mean, spec.std), state, what)
-    else:
-        net = build_target(cfg.model, spec.num_classes, aux_classes, cfg.head)
-        net.load_state_dict(state)
+    net, _ = load_trained(path)
     return evaluate_splits({"": net.to(device)}, splits, spec.task, spec.num_classes, device)
 
 

@@ -22,9 +22,8 @@ from sskt.engine.progress import EpochProgress, epoch_line
 from sskt.engine.records import git_commit, machine, versions
 from sskt.engine.seeding import rng_state, seed_everything, set_rng_state
 from sskt.engine.soft_cache import attach_cache, frozen_networks
-from sskt.engine.weights import model_card, save_target_weights
+from sskt.engine.weights import save_target
 from sskt.methods import METHODS, Method, MethodContext
-from sskt.modelcard import write_model_card
 from sskt.rundir import RunDir
 
 
@@ -264,8 +263,7 @@ def finish(
         "headline": headline_metric(spec.task, "test"),
     }
     if fabric.is_global_zero:
-        save_target_weights(method, run.weights)
-        write_model_card(run.model_card, model_card(cfg, spec))
+        save_target(method, cfg, spec, run)
         run.write_summary(summary)
     fabric.barrier()
     return summary

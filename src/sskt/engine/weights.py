@@ -1,24 +1,16 @@
-"""The trained target's weights as ``model.safetensors`` (a format that cannot execute code)."""
+"""The run's trained target, shipped through ``sskt.trained`` (``model.safetensors`` and ``model.json``)."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from pathlib import Path
+from typing import Any
 
-import torch
-from safetensors import safe_open
-from safetensors.torch import save
 from torch import nn
 
-from sskt import __version__
 from sskt.config import TrainConfig
-from sskt.data.datasets import stored_shape
 from sskt.data.spec import DatasetSpec
-from sskt.errors import UserError
-from sskt.files import write_atomic
 from sskt.methods import Method
-from sskt.modelcard import ModelCard
+from sskt.rundir import RunDir
+from sskt.trained import model_card, save_trained
 
 
 def target_of(method: Method) -> nn.Module:
@@ -27,48 +19,15 @@ def target_of(method: Method) -> nn.Module:
     return method.evaluated().get("") or next(iter(method.trained().values()))
 
 
-def save_target_weights(method: Method, path: str | Path) -> None:
-    """Save the network inference needs: the target without its auxiliary heads (they stay in the training
-    checkpoint, ``checkpoints/last.pt``); the metadata's ``aux_classes`` is the heads this file holds ({})."""
-    net = target_of(method)
-    state = net.primary_state_dict() if hasattr(net, "primary_state_dict") else net.state_dict()
-    # Clone: safetensors refuses tensors that share storage (tied or viewed parameters).
-    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
-    meta = {"aux_classes": "{}", "trained_aux_classes": json.dumps(dict(method.aux_classes))}
-    write_atomic(path, lambda f: f.write(save(tensors, metadata=meta)))
+def card_fields(method: Method, cfg: TrainConfig) -> dict[str, Any]:
+    """The method's own card fields (``card_fields(cfg)``; a probe names its architecture and source), {} when it
+    adds none."""
+    fields = getattr(type(method), "card_fields", None)
+    return fields(cfg) if fields is not None else {}
 
 
-def load_target_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-    """Read a ``model.safetensors``: the state dict and the auxiliary heads' class counts."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"weights file {str(path)!r} does not exist (has the run finished?)")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-            meta = f.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types for foreign or truncated files
-        raise UserError(f"weights file {str(path)!r} cannot be read: {type(exc).__name__}") from exc
-    return state, json.loads(meta.get("aux_classes", "{}"))
-
-
-def model_card(cfg: TrainConfig, spec: DatasetSpec) -> ModelCard:
-    """The facts ``model.safetensors`` needs beside it to be used without the training set-up."""
-    shape = stored_shape(spec.train)  # (C, H, W), or (C, T, H, W) for clips
-    channels, h, w = shape[0], shape[-2], shape[-1]
-    probe = cfg.method.name == "probe"
-    return ModelCard(
-        architecture="probe" if probe else cfg.model.name,
-        task=spec.task,
-        num_classes=spec.num_classes,
-        class_names=list(spec.class_names),
-        mean=[float(v) for v in spec.mean],
-        std=[float(v) for v in spec.std],
-        input_size=int(spec.image_size),
-        stored_size=[int(h), int(w)],
-        channels=int(channels),
-        method=cfg.method.name,
-        source=dataclasses.asdict(cfg.sources[0]) if probe else None,
-        sskt_version=__version__,
-        extra={"clip_len": int(shape[1])} if len(shape) == 4 else {},
-    )
+def save_target(method: Method, cfg: TrainConfig, spec: DatasetSpec, run: RunDir) -> None:
+    """Ship the network inference needs: the target without its auxiliary heads (they stay in the training
+    checkpoint, ``checkpoints/last.pt``) and its card."""
+    card = model_card(cfg, spec, card_fields(method, cfg))
+    save_trained(target_of(method), card, run, method.aux_classes)

@@ -1,10 +1,11 @@
 """A user's own trained classifier as a source: ``checkpoint:<run dir>`` or ``checkpoint:<weights file>``.
 
-A run directory written by ``sskt train`` holds ``config.yaml`` (which names the architecture and the dataset) and
-``model.safetensors`` (the trained target, auxiliary heads included). A bare ``.safetensors``/``.pt`` state dict
-needs a ``config.yaml`` beside it for the same two facts. The source is the target's primary classifier: its label
-space is the target dataset's, and it expects images normalised with that dataset's mean/std. A linear-probe run
-(``method.name: probe``) is rebuilt as its config's source with the trained classifier on its features.
+A run directory written by ``sskt train`` holds ``model.safetensors`` (the trained target without its auxiliary
+heads, or a probe's source with its classifier) and ``model.json``, its card; ``sskt.trained`` builds the network
+from the two, without the dataset. A run without a card (finished before sskt wrote one), or a bare
+``.safetensors``/``.pt`` state dict, needs a ``config.yaml`` beside it: its ``model.name`` names the architecture
+and its data section the normalisation. The source is the network's primary classifier: its label space is the
+target dataset's, and it expects images normalised with that dataset's mean/std.
 """
 
 from __future__ import annotations
@@ -14,48 +15,40 @@ from typing import Any
 
 import yaml
 
-from sskt.config import DataConfig, HeadConfig, ModelConfig
+from sskt import trained  # the module, not its names: sskt.trained imports this package (the probe) in turn
+from sskt.config import DataConfig
 from sskt.data import build_dataset
 from sskt.data.datasets import STATS
 from sskt.errors import UserError
-from sskt.modelcard import MODEL_CARD, read_model_card
-from sskt.models import build_target
 from sskt.rundir import CONFIG, RunDir
 from sskt.sources.base import SOURCES, Pretrained
-from sskt.sources.weights import State, load_into, load_state_file
+from sskt.sources.weights import State, load_state_file
 
-AUX_PREFIX = "aux."  # the Target's auxiliary heads (sskt.models.target); they play no part in the primary logits
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
 
 
-def _locate(path: str) -> tuple[Path, Path]:
-    """(weights file, config file) for a run directory or a weights file."""
+def _locate(path: str) -> tuple[Path, RunDir]:
+    """(weights file, the folder holding its config and card) for a run directory or a weights file."""
     p = Path(path).expanduser()
     if p.is_dir():
-        return RunDir(p).weights, RunDir(p).config
+        return RunDir(p).weights, RunDir(p)
     if p.is_file():
-        return p, RunDir(p.parent).config
+        return p, RunDir(p.parent)
     raise UserError(f"checkpoint {path!r} does not exist (give a run directory or a .safetensors/.pt file)")
 
 
-def _read_config(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"{what}: no {CONFIG} at {str(path)!r} (it names the architecture and the dataset)")
+def _read_config(run: RunDir, what: str) -> dict[str, Any]:
+    path = str(run.config)
+    if not run.config.is_file():
+        raise UserError(f"{what}: no {CONFIG} at {path!r} (it names the architecture and the dataset)")
     try:
-        cfg = RunDir(path.parent).read_config_dict()
-        method = (cfg.get("method") or {}).get("name", "scratch")
-        return {"model": cfg["model"]["name"], "data": cfg["data"], "method": method, "sources": cfg.get("sources")}
+        cfg = run.read_config_dict()
+        return {"model": cfg["model"]["name"], "data": cfg["data"], "sources": cfg.get("sources")}
     except (yaml.YAMLError, KeyError, TypeError) as exc:
-        raise UserError(f"{what}: {str(path)!r} has no model.name and data section ({type(exc).__name__})") from exc
+        raise UserError(f"{what}: {path!r} has no model.name and data section ({type(exc).__name__})") from exc
 
 
-def _num_classes(state: State, what: str) -> int:
-    weight = state.get("fc.weight")
-    if weight is None or weight.dim() != 2:
-        raise UserError(f"{what}: the weights have no primary classifier 'fc.weight' [num_classes, features]")
-    return int(weight.shape[0])
-
-
-def _dataset_stats(data: dict[str, Any], what: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _dataset_stats(data: dict[str, Any], what: str) -> Stats:
     """The mean/std the checkpoint's target was trained with: written in its data section (a hand-made config.yaml
     for a foreign state dict), else sskt.data's table of dataset statistics, else those of the dataset built from
     the data section (without downloading; folders and VOC compute theirs)."""
@@ -73,30 +66,23 @@ def _dataset_stats(data: dict[str, Any], what: str) -> tuple[tuple[float, ...], 
     return tuple(spec.mean), tuple(spec.std)
 
 
+def _without_card(run: RunDir, state: State, what: str) -> tuple[trained.Logits, Stats]:
+    """The network and normalisation of a run without a card, from its ``config.yaml``."""
+    cfg = _read_config(run, what)
+    fields = trained.legacy_fields(cfg["model"], cfg["sources"], state, what)
+    stats = _dataset_stats(cfg["data"], what)
+    return trained.build_network(fields["architecture"], fields["source"], stats, state, what), stats
+
+
 @SOURCES.register_prefix("checkpoint:")
 def checkpoint_source(path: str, weights: str | None = None) -> Pretrained:
-    """The primary classifier of a trained target (``weights`` overrides the weights file)."""
+    """The primary classifier of a trained network (``weights`` overrides the weights file)."""
     what = f"source 'checkpoint:{path}'"
-    weights_path, config_path = _locate(path)
-    if weights is not None:
-        weights_path = Path(weights)
-    state = load_state_file(weights_path, what)
-    card_path = config_path.parent / MODEL_CARD
-    if card_path.is_file():  # a run finished by this version: its card says all, no dataset is built
-        card = read_model_card(card_path)
-        data = {"mean": card.mean, "std": card.std}
-        cfg = {"model": card.architecture, "method": card.method, "sources": [card.source], "data": data}
+    weights_path, run = _locate(path)
+    state = load_state_file(Path(weights) if weights is not None else weights_path, what)
+    if run.model_card.is_file():  # a run finished by this version: its card says all, no dataset is built
+        card = trained.read_card(run.model_card)
+        net, (mean, std) = trained.network(card, state, what), (tuple(card.mean), tuple(card.std))
     else:
-        cfg = _read_config(config_path, what)
-    state = {k: v for k, v in state.items() if not k.startswith(AUX_PREFIX)}
-    num_classes = _num_classes(state, what)
-    mean, std = _dataset_stats(cfg["data"], what)
-    if cfg["method"] == "probe":  # the run's source with its trained linear classifier (sskt.methods.probe)
-        from sskt.methods.probe import probe_from_run  # methods build on sources: imported when needed
-
-        if not cfg["sources"]:
-            raise UserError(f"{what}: a probe run's config has no sources")
-        return Pretrained(probe_from_run(cfg["sources"][0], (mean, std), state, what), mean, std, num_classes)
-    net = build_target(ModelConfig(name=cfg["model"]), num_classes, {}, HeadConfig())
-    load_into(net, state, what)
-    return Pretrained(net, mean, std, num_classes, None)
+        net, (mean, std) = _without_card(run, state, what)
+    return Pretrained(net.net, mean, std, trained.num_classes(state, what))
