@@ -8,7 +8,6 @@ identical names). Each parsed config then goes through ``check_config``, which r
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import re
 from pathlib import Path
@@ -16,33 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sskt.errors import UserError
+from sskt.config_io import parse_train_args
+from sskt.engine import check_config
 from sskt.experiments.grid import Cell, Grid, expand, is_grid_file, load_grid, train_argv
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FILES = sorted(CONFIGS.rglob("*.yaml"))
-
-# Names the architecture promises (docs ARCHITECTURE.md) whose registration has not landed yet. A preset naming
-# one of them is an expected failure until it lands; any other unknown name is a real error.
-PENDING = {"voc2007", "ucf101", "hmdb51", "r3d_18"}
-
-
-def _train_api():
-    try:
-        from sskt.cli import parse_train_args
-        from sskt.engine import check_config
-    except ImportError as exc:  # the CLI or engine layer is not written yet
-        pytest.skip(f"parse_train_args/check_config not available yet: {exc}")
-    return parse_train_args, check_config
-
-
-@pytest.fixture(autouse=True)
-def _one_parser(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Build the ``sskt train`` parser once: building it costs more than parsing, and a grid parses many cells."""
-    import sskt.cli
-
-    if hasattr(sskt.cli, "train_parser"):
-        monkeypatch.setattr(sskt.cli, "train_parser", functools.lru_cache(maxsize=1)(sskt.cli.train_parser))
 
 
 def covering_cells(grid: Grid) -> list[Cell]:
@@ -56,17 +34,7 @@ def covering_cells(grid: Grid) -> list[Cell]:
 
 
 def _validate(argv: list[str]) -> None:
-    parse_train_args, check_config = _train_api()
-    cfg = parse_train_args(argv)
-    try:
-        check_config(cfg)
-    except UserError as exc:
-        m = re.match(r"unknown \w+ '([^']+)'", str(exc))
-        if m and m[1] in PENDING:
-            pytest.xfail(f"not registered yet: {exc}")
-        raise
-    except ImportError as exc:  # a registry module (e.g. sskt.sources) is still being written
-        pytest.skip(f"registry not available yet: {exc}")
+    check_config(parse_train_args(argv))
 
 
 def test_configs_are_shipped() -> None:

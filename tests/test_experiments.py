@@ -20,7 +20,8 @@ from sskt.config import SourceConfig, TrainConfig
 from sskt.errors import UserError
 from sskt.experiments import curves
 from sskt.experiments.cells import LOCK, claim, release
-from sskt.experiments.grid import expand, grid_main, load_grid, parse_grid, run_grid, select, train_argv
+from sskt.experiments.grid import expand, load_grid, parse_grid, run_grid, select, train_argv
+from sskt.experiments.grid_cli import grid_main
 from sskt.experiments.report import group_runs, scratch_counterpart, write_report
 from sskt.experiments.runs import load_run, provenance
 from sskt.experiments.stats import paired_diff, summarize, t_quantile_975

@@ -27,7 +27,7 @@ from sskt.engine import check_config, evaluate, train
 from sskt.engine.soft_cache import open_cache, run_sources
 from sskt.errors import UserError, check_choice
 from sskt.experiments.curves import curves_main
-from sskt.experiments.grid import grid_main
+from sskt.experiments.grid_cli import grid_main
 from sskt.experiments.report import report_main
 from sskt.methods import METHODS
 from sskt.models import MODELS

@@ -20,7 +20,8 @@ Each cell runs ``python -m sskt train`` in its own process (``out/<axis values>-
 isolated and can run side by side. A cell with ``summary.json`` is done and skipped; one with a checkpoint resumes.
 A cell run with other settings than the grid now gives stops the grid before it starts (``sskt.experiments.drift``).
 A running cell is locked (``sskt.experiments.cells``), so several grid processes, started at different times or
-on hosts sharing the folder, can work through one grid together without running a cell twice.
+on hosts sharing the folder, can work through one grid together without running a cell twice. The command,
+``sskt grid``, is ``sskt.experiments.grid_cli``: it picks this runner or a SLURM job array (``sskt.experiments.slurm``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import ArgumentParser, set_parsing_settings
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -51,7 +51,7 @@ from rich.progress import (
 
 from sskt.config import TrainConfig
 from sskt.config_io import flatten, read_yaml
-from sskt.errors import UserError, check_choice, choice_error
+from sskt.errors import UserError, choice_error
 from sskt.experiments.cells import (
     CellRunner,
     GridResult,
@@ -63,10 +63,8 @@ from sskt.experiments.cells import (
 )
 from sskt.experiments.drift import changes_if_run, check_cells
 from sskt.experiments.runs import slug
-from sskt.experiments.slurm import SlurmOptions, submit_grid
 
 GRID_KEYS = ("base", "axes", "seeds", "out")
-LAUNCHERS = ("local", "slurm")
 COUPLED_KEYS = ("label", "config")
 
 
@@ -360,41 +358,3 @@ def dry_run(
             state = "changed"
         lines.append(f"[{state}] {shlex.join(['python', '-m', 'sskt', 'train', *argv])}")
     return lines
-
-
-def grid_main(argv: list[str] | None = None) -> int:
-    """``sskt grid --config GRID.yaml [--out DIR] [--jobs N] [--only GLOBS] [--seed-major] [--dry-run]``; exit
-    status 1 if any cell failed."""
-    parser = ArgumentParser(
-        prog="sskt grid", description="Run every cell of a grid of training runs.", allow_abbrev=False
-    )
-    parser.exit_on_error = False
-    parser.add_argument("--config", type=str, required=True, help="grid YAML file (base, axes, seeds, out)")
-    parser.add_argument("--out", type=str | None, default=None, help="root of the cells (default: the grid's 'out')")
-    parser.add_argument("--jobs", type=int, default=1, help="cells run in parallel; each gets cores/jobs threads")
-    parser.add_argument("--threads", type=int | None, default=None, help="CPU threads per cell (default: cores/jobs)")
-    parser.add_argument("--only", type=str | None, default=None, help="comma-separated globs of cells ('kd-*,*-seed0')")
-    parser.add_argument("--seed-major", action="store_true", help="run every setting's seed 0 first, then seed 1...")
-    parser.add_argument("--dry-run", action="store_true", help="print each cell's state and command, run nothing")
-    parser.add_argument("--launcher", type=str, default="local", help="'local' (subprocesses here) or 'slurm'")
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # each SlurmOptions field's docstring is its help
-    parser.add_class_arguments(SlurmOptions, "slurm", help="SLURM resources per cell (with --launcher slurm)")
-    args = parser.parse_args(argv)
-    check_choice("launcher", args.launcher, LAUNCHERS)
-    if args.jobs < 1 or (args.threads is not None and args.threads < 1):
-        raise UserError(f"--jobs and --threads must be >= 1, got {args.jobs} and {args.threads}")
-    grid = load_grid(args.config)
-    out = Path(args.out) if args.out else None
-    cells = select(expand(grid), args.only.split(",") if args.only else None, args.seed_major)
-    if args.dry_run:
-        print("\n".join(dry_run(grid, out, args.jobs, cells, args.threads)))
-        return 0
-    if args.launcher == "slurm":
-        return submit_grid(args.config, grid, out, cells, SlurmOptions(**vars(args.slurm)))
-    result = run_grid(grid, out, args.jobs, cells=cells, threads=args.threads)
-    if result.busy:
-        print(f"{len(result.busy)} cell(s) left to the grid process running them: {', '.join(result.busy)}")
-    if result.failed:
-        print(f"{len(result.failed)} cell(s) failed: {', '.join(sorted(result.failed))}", file=sys.stderr)
-        return 1
-    return 0

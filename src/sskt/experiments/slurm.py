@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from sskt.errors import UserError
+from sskt.experiments.cells import cell_state
+from sskt.experiments.drift import check_cells
+from sskt.experiments.grid import Cell, Grid, expand, load_grid, run_one, train_argv
 
 
 @dataclass
@@ -68,9 +71,6 @@ def slurm_executor(folder: Path, opts: SlurmOptions) -> Any:
 
 def run_cell_task(grid_file: str, root: str, name: str, threads: int) -> int | str:
     """One array task: the named cell of the grid file, run with the local runner's rules."""
-    from sskt.experiments.drift import check_cells
-    from sskt.experiments.grid import cell_state, expand, load_grid, run_one, train_argv
-
     grid = load_grid(grid_file)
     cells = {c.name: c for c in expand(grid)}
     if name not in cells:
@@ -103,12 +103,9 @@ def wait_for(jobs: list[Any], names: list[str]) -> dict[str, int | str]:
     return outcomes
 
 
-def submit_grid(grid_file: str, grid: Any, out: Path | None, cells: list[Any], opts: SlurmOptions) -> int:
-    """``--launcher slurm``: the cells of ``grid`` (a ``sskt.experiments.grid.Grid``) still to run as one job
-    array; exit status 1 when waiting and a cell failed."""
-    from sskt.experiments.drift import check_cells
-    from sskt.experiments.grid import cell_state, train_argv
-
+def submit_grid(grid_file: str, grid: Grid, out: Path | None, cells: list[Cell], opts: SlurmOptions) -> int:
+    """``--launcher slurm``: the cells of ``grid`` still to run as one job array; exit status 1 when waiting and a
+    cell failed."""
     root = out or grid.out
     check_cells([(c.name, train_argv(c, root / c.name), root / c.name) for c in cells], cell_state)
     names = [c.name for c in cells if cell_state(root / c.name) != "done"]
