@@ -22,7 +22,7 @@ from sskt.experiments import curves
 from sskt.experiments.cells import LOCK, claim, release
 from sskt.experiments.grid import expand, load_grid, parse_grid, run_grid, select, train_argv
 from sskt.experiments.grid_cli import grid_main
-from sskt.experiments.report import group_runs, scratch_counterpart, write_report
+from sskt.experiments.report import group_runs, headline_metric, scratch_counterpart, write_report
 from sskt.experiments.runs import load_run, provenance
 from sskt.experiments.stats import paired_diff, summarize, t_quantile_975
 
@@ -409,6 +409,25 @@ def test_report_shows_the_validation_chosen_epoch_and_what_chose_it(tmp_path: Pa
     assert "Chosen by validation: **sskt**" in text
     rows = curves.run_rows([tmp_path / "new" / "sskt-seed0"])
     assert rows[0]["best"] == FINAL["sskt"][0] - 0.5 and rows[0]["oracle"] == FINAL["sskt"][0] + 1
+
+
+def test_a_video_report_leads_with_the_runs_own_headline(tmp_path: Path) -> None:
+    """A video run's summary names ``test_video_acc`` as its headline; the clip-level ``test_acc`` beside it (and
+    first in the table's usual order) does not lead the report."""
+    for seed, v in enumerate(FINAL["scratch"]):
+        run = _fabricate(tmp_path / "video", "scratch", seed, v)
+        summary = json.loads((run / "summary.json").read_text())
+        summary["final"] |= {"test_video_acc": v + 5}
+        summary["headline"] = "test_video_acc"
+        (run / "summary.json").write_text(json.dumps(summary))
+    runs = [load_run(p) for p in sorted((tmp_path / "video").iterdir())]
+    assert headline_metric(runs) == "test_video_acc"
+    assert headline_metric([dataclasses.replace(r, summary=r.summary | {"headline": None}) for r in runs]) == "test_acc"
+    text = write_report(tmp_path / "video", plots=False).read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| group"))
+    assert "test_video_acc" in header and "test_acc" not in header.replace("test_video_acc", "")
+    video = summarize([v + 5 for v in FINAL["scratch"]])
+    assert f"{video.mean:.2f} +- {video.std:.2f} (3)" in text
 
 
 def test_report_without_runs_or_with_a_bad_metric_is_a_user_error(tmp_path: Path) -> None:

@@ -145,11 +145,14 @@ def scratch_counterpart(group: Group, groups: Sequence[Group]) -> Group | None:
 
 
 def headline_metric(runs: Sequence[Run]) -> str:
-    """The metric the table leads with: test accuracy (or AP for multi-label), else the first test metric."""
+    """The metric the table leads with: the runs' own headline (``summary["headline"]``, e.g. a video run's
+    ``test_video_acc`` rather than its clip-level ``test_acc``), else for older summaries test accuracy (or AP for
+    multi-label), else the first test metric."""
     names: list[str] = []
     for r in runs:
         names += [k for k in (r.summary.get("final") or {}) if k not in names]
-    for name in HEADLINE_METRICS:
+    own = [r.summary["headline"] for r in runs if r.summary.get("headline") in names]
+    for name in [*own, *HEADLINE_METRICS]:
         if name in names:
             return name
     tests = [n for n in names if n.startswith("test_")]
