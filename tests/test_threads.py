@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from sskt.experiments.budget import on_cpu_clock, shared_machine, shared_machine_lines
 from sskt.experiments.runs import Run
 from sskt.threads import yield_when_waiting
@@ -76,3 +78,18 @@ def test_the_cpu_clock_reads_budgets_in_cpu_seconds() -> None:
     run = on_cpu_clock(_run([(4.0, 3.0, 2.0), (5.0, 3.5, 2.0)]))
     assert [r["train_seconds"] for r in run.records] == [3.0, 6.5]
     assert [r["epoch_seconds"] for r in run.records] == [3.0, 3.5]
+
+
+def test_a_run_records_cpu_seconds_and_load_beside_wall_seconds(tiny_cfg) -> None:
+    from sskt.engine import train
+    from sskt.rundir import RunDir
+
+    summary = train(tiny_cfg)
+    records = RunDir(tiny_cfg.out).read_records()
+    for record in records:
+        assert record["cpu_seconds"] > 0 and record["load_1min"] >= 0
+        assert record["train_cpu_seconds"] >= record["cpu_seconds"]
+    assert summary["cpu_seconds"] == pytest.approx(records[-1]["train_cpu_seconds"])
+    machine = summary["machine"]
+    assert machine["cpu"] and machine["threads"] >= 1
+    assert machine["peak_load_1min"] == max(r["load_1min"] for r in records)

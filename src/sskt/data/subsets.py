@@ -63,3 +63,26 @@ def labeled_after_validation(labels: Tensor, remaining: Tensor, per_class: int |
     if per_class is None:
         return remaining
     return remaining[labeled_subset(labels[remaining], per_class, seed)]
+
+
+POOL_SEED = 0
+"""Seed of the fixed unlabelled pool: one constant, so every run seed, row and label budget draws the same pool."""
+
+
+def fixed_pool(remaining: Tensor, labeled: Tensor, size: int | None) -> Tensor:
+    """The unlabelled pool: ``size`` indices drawn once from ``remaining`` (every index outside the validation
+    split) by ``POOL_SEED`` alone, minus the labelled ones, sorted; ``size`` None keeps all of ``remaining`` outside
+    ``labeled``.
+
+    Drawn before the labelled subset is removed, so two runs that label different images still share the pool but
+    for the few images one of them labelled (at most ``len(labeled)``): the same unlabelled images for every row and
+    regime of a benchmark, as a pool too large to pass through a slow source every epoch must be cut to a subset.
+    """
+    if size is not None and not 1 <= size <= len(remaining):
+        raise UserError(f"data.unlabeled_pool={size} is out of range; valid: 1..{len(remaining)} or null (all)")
+    chosen = remaining
+    if size is not None:
+        order = torch.randperm(len(remaining), generator=torch.Generator().manual_seed(POOL_SEED))
+        chosen = remaining[order[:size]]
+    keep = ~torch.isin(chosen, labeled)
+    return torch.sort(chosen[keep]).values

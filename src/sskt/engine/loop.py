@@ -19,7 +19,7 @@ from sskt.engine.checks import check_config
 from sskt.engine.evaluation import eval_splits, evaluate_splits, headline_metric
 from sskt.engine.precise_bn import recompute_bn_stats
 from sskt.engine.progress import EpochProgress, epoch_line
-from sskt.engine.records import git_commit, machine, versions
+from sskt.engine.records import git_commit, load_average, machine, versions
 from sskt.engine.seeding import rng_state, seed_everything, set_rng_state
 from sskt.engine.soft_cache import attach_cache, frozen_networks
 from sskt.engine.weights import save_target
@@ -93,6 +93,9 @@ def _train(cfg: TrainConfig, run: RunDir, fabric: Fabric, parts: tuple, started:
         state["train_seconds"] += record["epoch_seconds"]
         state["images_seen"] += record.pop("images")
         record.update(train_seconds=state["train_seconds"], images_seen=state["images_seen"])
+        state["cpu_seconds"] += record["cpu_seconds"]
+        record["train_cpu_seconds"] = state["cpu_seconds"]
+        state["peak_load_1min"] = max(state["peak_load_1min"], record["load_1min"])
 
         # Evaluate every eval_every epochs and after the last one.
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
@@ -144,6 +147,8 @@ def fresh_state() -> dict:
         "wall_seconds": 0.0,
         "train_seconds": 0.0,
         "images_seen": 0,
+        "cpu_seconds": 0.0,
+        "peak_load_1min": 0.0,
     }
 
 
@@ -181,7 +186,7 @@ def train_epoch(fabric: Fabric, method: Method, stream: TrainStream, epoch: int)
     counts: dict[str, int] = {}
     images = 0
     method.start_epoch(epoch)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     phases = method.phases()
     show = method.cfg.progress and fabric.is_global_zero
     with EpochProgress(show, epoch, method.cfg.epochs, steps * len(phases)) as bar:
@@ -196,7 +201,7 @@ def train_epoch(fabric: Fabric, method: Method, stream: TrainStream, epoch: int)
                 images += batch.images.shape[0] if out.rows is None else out.rows
                 bar.advance(batch.images.shape[0])
     method.end_epoch(epoch)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     # One all-reduce per epoch: the mean over every device's steps, and the rows all of them processed.
     images = int(fabric.all_reduce(torch.tensor(float(images), device=fabric.device), reduce_op="sum").item())
     means = fabric.all_reduce(sums, reduce_op="mean")
@@ -206,6 +211,11 @@ def train_epoch(fabric: Fabric, method: Method, stream: TrainStream, epoch: int)
         "train_loss": means.pop("train_loss"),
         "lr": lr,
         "epoch_seconds": seconds,
+        # CPU seconds (user + system, every thread of this process) against wall seconds, and the machine's load
+        # at the epoch's end: a run that shared the machine shows cpu/wall far below its threads, or a load above
+        # the cores it used (experiments/budget.py flags it).
+        "cpu_seconds": cpu_seconds,
+        "load_1min": load_average(),
         "images": images,  # rows the target processed, every pass (unlabelled rows and strong views included)
         "images_per_second": images / max(seconds, 1e-9),
         **means,
@@ -257,7 +267,8 @@ def finish(
         "seed": cfg.seed,
         "git_commit": git_commit(),
         "versions": versions(),
-        "machine": machine(fabric.device),
+        "machine": machine(fabric.device) | {"peak_load_1min": state["peak_load_1min"]},
+        "cpu_seconds": state["cpu_seconds"],
         "method": cfg.method.name,
         "epochs": cfg.epochs,
         "headline": headline_metric(spec.task, "test"),
