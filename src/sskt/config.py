@@ -19,6 +19,7 @@ Schedule = Literal["multistep", "cosine", "constant", "fixmatch"]
 Augment = Literal["default", "resized_crop", "clip", "none"]
 VOCDifficult = Literal["negative", "ignore", "positive"]
 CacheDtype = Literal["float16", "float32"]
+ProbeSolver = Literal["sgd", "lbfgs"]
 
 
 @dataclass
@@ -197,6 +198,29 @@ class SSKTConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """The linear probe on a frozen source's penultimate features (the adapted teacher)."""
+
+    solver: ProbeSolver = "sgd"
+    """'sgd': trained by the loop like every method (augmented labelled images, the schedule); 'lbfgs': the standard
+    linear-evaluation protocol, multinomial logistic regression on un-augmented features fitted to convergence by
+    L-BFGS, its L2 strength chosen on the validation split (needs data.val_per_class and epochs: 1)."""
+    l2: list[float] | None = None
+    """L2 strengths tried by 'lbfgs' (mean cross-entropy + l2/2 ||W||^2); None: 1e-4 to 1, half a decade apart."""
+
+
+@dataclass
+class DHOConfig:
+    """A DHO-style dual head (Kang et al. 2025): a second linear head learns the KD teacher (method.kd) on every row;
+    the prediction fuses both heads with weights chosen on the validation split."""
+
+    alphas: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
+    """Fusion weights a tried: p = (1 - a) softmax(z_ce) + a softmax(z_kd / beta)."""
+    betas: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
+    """Temperatures beta tried on the distilled head."""
+
+
+@dataclass
 class FixMatchConfig:
     """FixMatch (Sohn et al. 2020): a confident weak-view prediction is the hard label of the strong view."""
 
@@ -238,6 +262,10 @@ class MethodConfig:
     """MAXL settings."""
     fixmatch: FixMatchConfig = field(default_factory=FixMatchConfig)
     """FixMatch settings (also for the compositions 'fixmatch+sskt', 'fixmatch+kd')."""
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """Linear-probe settings (method 'probe')."""
+    dho: DHOConfig = field(default_factory=DHOConfig)
+    """Dual-head fusion settings (method 'dho' and its compositions; the teacher is method.kd's)."""
 
 
 @dataclass

@@ -38,13 +38,15 @@ from sskt.data.spec import DatasetSpec
 from sskt.errors import UserError
 from sskt.files import write_atomic, write_text_atomic
 from sskt.models import build_target
+from sskt.models.fused import FusedHeads
 from sskt.models.target import AUX_PREFIX
 from sskt.rundir import MODEL_CARD, RunDir
 from sskt.sources.probe import PROBE, is_probe_state, probe_from_run
 from sskt.sources.weights import State, load_into
 
-FORMAT = 1
-"""The card format this version writes and reads; a newer one is refused."""
+FORMAT = 2
+"""The newest card format this version reads; a newer one is refused. 1: one head. 2: ``fusion`` (two heads fused),
+written only by runs that fuse, so their cards are refused by an sskt that would build one head."""
 
 
 @dataclass
@@ -71,7 +73,10 @@ class ModelCard:
     source: dict[str, Any] | None = None
     """The probe's source (a SourceConfig as a mapping); None otherwise."""
     sskt_version: str = ""
-    format: int = FORMAT
+    format: int = 1
+    fusion: dict[str, Any] | None = None
+    """Two heads fused into the prediction (``sskt.models.fused``): ``{"head": aux head key, "a": float, "beta":
+    float}``; the weights then hold that auxiliary head. None: the primary head alone."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Facts that build nothing (a clip model's ``clip_len``)."""
 
@@ -114,7 +119,8 @@ def model_card(cfg: TrainConfig, spec: DatasetSpec, fields: Mapping[str, Any]) -
         sskt_version=__version__,
         extra={"clip_len": int(shape[1])} if len(shape) == 4 else {},
     )
-    return dataclasses.replace(card, **fields)
+    card = dataclasses.replace(card, **fields)
+    return dataclasses.replace(card, format=2) if card.fusion else card
 
 
 # --- weights ---------------------------------------------------------------------------------------------------
@@ -128,10 +134,21 @@ def save_trained(net: nn.Module, card: ModelCard, run: RunDir, trained_aux: Mapp
     ``model.safetensors``, then ``card`` as its ``model.json``. The metadata's ``aux_classes`` is the heads the file
     holds ({}); ``trained_aux_classes`` the heads training had."""
     # Clone: safetensors refuses tensors that share storage (tied or viewed parameters).
-    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in strip_aux(net.state_dict()).items()}
-    meta = {"aux_classes": "{}", "trained_aux_classes": json.dumps(dict(trained_aux or {}))}
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in shipped_state(net, card).items()}
+    held = {card.fusion["head"]: card.num_classes} if card.fusion else {}
+    meta = {"aux_classes": json.dumps(held), "trained_aux_classes": json.dumps(dict(trained_aux or {}))}
     write_atomic(run.weights, lambda f: f.write(save(tensors, metadata=meta)))
     write_card(run.model_card, card)
+
+
+def shipped_state(net: nn.Module, card: ModelCard) -> State:
+    """What ``model.safetensors`` holds of ``net``: its state without the auxiliary heads, except the head that
+    ``card.fusion`` fuses (then ``net`` is the fused module and its target's state is saved)."""
+    if not card.fusion:
+        return strip_aux(net.state_dict())
+    target = net.target
+    kept = f"{AUX_PREFIX}{target.aux_keys[card.fusion['head']]}."
+    return {k: v for k, v in target.state_dict().items() if not k.startswith(AUX_PREFIX) or k.startswith(kept)}
 
 
 def read_weights(path: str | Path) -> tuple[State, dict[str, int]]:
@@ -186,7 +203,18 @@ def build_network(
 
 def network(card: ModelCard, state: State, what: str) -> Logits:
     """The network ``card`` describes, with ``state`` loaded, in eval mode."""
+    if card.fusion:
+        return fused_network(card, state, what).eval()
     return build_network(card.architecture, card.source, (card.mean, card.std), state, what).eval()
+
+
+def fused_network(card: ModelCard, state: State, what: str) -> Logits:
+    """A target with the auxiliary head ``card.fusion`` names, its two heads fused as the card says."""
+    fusion = card.fusion
+    heads = {fusion["head"]: card.num_classes}
+    net = build_target(ModelConfig(name=card.architecture), num_classes(state, what), heads, HeadConfig(kind="linear"))
+    load_into(net, state, what)
+    return Logits(FusedHeads(net, fusion["head"], fusion["a"], fusion["beta"]))
 
 
 def legacy_fields(model_name: str, sources: Sequence[Mapping] | None, state: State, what: str) -> dict[str, Any]:

@@ -282,3 +282,11 @@ def evaluate_splits(
     for split, batches in splits.items():
         metrics.update(evaluate_networks(nets, batches, task, num_classes, device, split))
     return metrics
+
+
+def calibration_data(spec: DatasetSpec, splits: dict[str, EvalBatches], labeled: Tensor, batch_size: int,
+                     device: torch.device | None = None, workers: int = 0) -> dict[str, EvalBatches]:  # fmt: skip
+    """What ``Method.calibrate`` may read before an evaluation, un-augmented: the labelled training images
+    ('labeled') and the validation split ('val', when there is one). Nothing is read until a method iterates."""
+    out = {"labeled": EvalBatches(spec, SubsetImageSet(spec.train, labeled), batch_size, device, workers)}
+    return out | ({"val": splits["val"]} if "val" in splits else {})

@@ -16,7 +16,7 @@ from sskt.config import TrainConfig
 from sskt.data import DatasetSpec, TrainStream, build_dataset
 from sskt.engine.checkpoint import load_checkpoint, save_atomic
 from sskt.engine.checks import check_config
-from sskt.engine.evaluation import eval_splits, evaluate_splits, headline_metric
+from sskt.engine.evaluation import calibration_data, eval_splits, evaluate_splits, headline_metric
 from sskt.engine.precise_bn import recompute_bn_stats
 from sskt.engine.progress import EpochProgress, epoch_line
 from sskt.engine.records import git_commit, load_average, machine, versions
@@ -79,6 +79,9 @@ def _train(cfg: TrainConfig, run: RunDir, fabric: Fabric, parts: tuple, started:
         fabric.global_rank, fabric.world_size,
     )  # fmt: skip
     selectors = epoch_selectors(spec.task, splits)
+    calibration = calibration_data(
+        spec, splits, stream.labeled_indices, cfg.data.eval_batch_size, fabric.device, cfg.data.num_workers
+    )
 
     # Resume: weights, optimizers, schedules, RNG states, best-so-far; the stream replays from (seed, epoch).
     state = restore(run, method) if cfg.resume and run.checkpoint.exists() else fresh_state()
@@ -101,7 +104,7 @@ def _train(cfg: TrainConfig, run: RunDir, fabric: Fabric, parts: tuple, started:
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             if cfg.precise_bn:  # statistics of the current weights, from this epoch's (replayable) batches
                 recompute_bn_stats(method.evaluated().values(), stream.epoch(epoch), cfg.precise_bn, fabric.device)
-            metrics = measure(method, splits, spec, fabric)
+            metrics = measure(method, splits, spec, fabric, calibration)
             record.update(metrics)
             for which, metric in selectors.items():
                 keep_if_better(state, which, metric, metrics, epoch + 1)
@@ -117,13 +120,15 @@ def _train(cfg: TrainConfig, run: RunDir, fabric: Fabric, parts: tuple, started:
 
     # A resumed run that had already finished still reports the trained networks' final metrics.
     if not metrics:
-        metrics = measure(method, splits, spec, fabric)
+        metrics = measure(method, splits, spec, fabric, calibration)
     return finish(cfg, run, fabric, method, state, metrics, selectors, spec)
 
 
-def measure(method: Method, splits: dict, spec: DatasetSpec, fabric: Fabric) -> dict[str, float]:
+def measure(method: Method, splits: dict, spec: DatasetSpec, fabric: Fabric, calibration: dict) -> dict[str, float]:
     """Every metric of the evaluated networks on every split, and the facts the method adds beside them (the EMA's
-    decay at its last update, ``ema_decay_effective``), so the record and the summary's epochs carry both."""
+    decay at its last update, ``ema_decay_effective``), so the record and the summary's epochs carry both. The
+    method first sets what it chooses after training (``calibrate``: DHO's fusion weights on validation)."""
+    method.calibrate(calibration)
     metrics = evaluate_splits(method.evaluated(), splits, spec.task, spec.num_classes, fabric.device)
     return metrics | method.epoch_facts()
 
@@ -208,7 +213,7 @@ def train_epoch(fabric: Fabric, method: Method, stream: TrainStream, epoch: int)
     means = {k: (v / counts[k]).item() for k, v in means.items()}
     return {
         "epoch": epoch + 1,
-        "train_loss": means.pop("train_loss"),
+        "train_loss": means.pop("train_loss", float("nan")),  # NaN: no step trained (the L-BFGS probe)
         "lr": lr,
         "epoch_seconds": seconds,
         # CPU seconds (user + system, every thread of this process) against wall seconds, and the machine's load

@@ -23,7 +23,8 @@ def card_fields(method: Method, cfg: TrainConfig) -> dict[str, Any]:
     """The method's own card fields (``card_fields(cfg)``; a probe names its architecture and source), {} when it
     adds none."""
     fields = getattr(type(method), "card_fields", None)
-    return fields(cfg) if fields is not None else {}
+    shipped = getattr(target_of(method), "card_fields", None)  # a network that ships more than weights (fused heads)
+    return (fields(cfg) if fields is not None else {}) | (shipped() if shipped is not None else {})
 
 
 def save_target(method: Method, cfg: TrainConfig, spec: DatasetSpec, run: RunDir) -> None:

@@ -23,7 +23,7 @@ from sskt.experiments.runs import Run, collect_runs, provenance, slug
 from sskt.experiments.stats import PairedDiff, Summary, paired_diff, summarize
 
 # Keys a method brings with it: a group's scratch counterpart agrees with it on everything else.
-METHOD_PREFIXES = ("method.", "head.", "sources", "cache.", "data.unlabeled")
+METHOD_PREFIXES = ("method.", "head.", "sources", "cache.", "data.unlabeled", "ema.", "strong_views.")
 # Keys of a schedule's length, which validation may choose per method.
 SCHEDULE_KEYS = ("epochs", "eval_every")
 HEADLINE_METRICS = ("test_acc", "test_ap", "test_map")

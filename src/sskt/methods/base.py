@@ -18,7 +18,7 @@ target's weights so ``evaluate`` rebuilds the same target without the sources.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -232,6 +232,11 @@ class Method:
     def evaluated_target(self) -> nn.Module:
         """The target as evaluated and saved: the average of its weights when there is one, else the target."""
         return self.ema.module if self.ema is not None else next(iter(self.trained().values()))
+
+    def calibrate(self, data: Mapping[str, Iterable]) -> None:
+        """Before each evaluation, choose what is set after training on the un-augmented batches of ``data``
+        ('labeled', 'val': ``(images, labels)`` iterables; 'val' absent without a validation split): nothing by
+        default; DHO's fusion weights, the L-BFGS probe's classifier."""
 
     def epoch_facts(self) -> dict[str, float]:
         """Numbers the records carry beside the metrics: the EMA's decay at its last update (warm-up included)."""

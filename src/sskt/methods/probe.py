@@ -12,12 +12,18 @@ classifier in place of its own.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, get_args
 
-from sskt.config import TrainConfig
+import torch
+from torch import Tensor, nn
+
+from sskt.config import ProbeSolver, TrainConfig
 from sskt.data.spec import Batch
-from sskt.errors import UserError
+from sskt.errors import UserError, check_choice
 from sskt.methods.base import METHODS, MethodContext, SingleNetMethod, StepOutput, single_label_primary
+from sskt.sources.linear_eval import L2_GRID, choose_l2
 from sskt.sources.probe import PROBE, build_probe
 
 
@@ -30,6 +36,13 @@ class Probe(SingleNetMethod):
         if len(cfg.sources) != 1:
             raise UserError(f"method 'probe' needs exactly one source (the network to adapt); got {len(cfg.sources)}")
         single_label_primary("probe", cfg.method.primary_loss)
+        check_choice("method.probe.solver", cfg.method.probe.solver, get_args(ProbeSolver))
+        if cfg.method.probe.solver == "lbfgs" and not cfg.data.val_per_class:
+            raise UserError("method.probe.solver 'lbfgs' chooses its L2 strength on validation: set data.val_per_class")
+        if cfg.method.probe.solver == "lbfgs" and cfg.epochs != 1:
+            raise UserError(f"method.probe.solver 'lbfgs' fits once, without epochs: set epochs 1 (got {cfg.epochs})")
+        if any(v <= 0 for v in cfg.method.probe.l2 or ()):
+            raise UserError(f"method.probe.l2 must hold positive strengths, got {cfg.method.probe.l2}")
 
     @classmethod
     def card_fields(cls, cfg: TrainConfig) -> dict[str, Any]:
@@ -41,7 +54,52 @@ class Probe(SingleNetMethod):
         self.primary = single_label_primary("probe", self.cfg.method.primary_loss)
         spec, cfg = ctx.spec, self.cfg
         self.declare("target", lambda: build_probe(cfg.sources[0], spec.mean, spec.std, spec.num_classes))
+        self.fit_facts: dict[str, float] = {}
 
     def compute_loss(self, batch: Batch) -> StepOutput:
         logits = self.net(batch.labeled_images).logits
         return StepOutput(self.primary(logits, batch.labels), logits)
+
+    # --- method.probe.solver 'lbfgs': the linear-evaluation protocol, no SGD step -------------------------------
+    def phases(self) -> tuple[str, ...]:
+        return () if self.cfg.method.probe.solver == "lbfgs" else super().phases()
+
+    def end_epoch(self, epoch: int) -> None:
+        if self.cfg.method.probe.solver != "lbfgs":  # no optimizer step was taken: no schedule to step
+            super().end_epoch(epoch)
+
+    def calibrate(self, data: Mapping[str, Iterable]) -> None:
+        """'lbfgs': before the first evaluation, fit ``fc`` to convergence on the labelled images' un-augmented
+        features and choose its L2 strength on the validation split's (``sskt.sources.linear_eval``)."""
+        if self.cfg.method.probe.solver != "lbfgs" or self.fit_facts:
+            return
+        start = time.perf_counter()
+        probe = self.networks["target"].raw
+        grid = tuple(self.cfg.method.probe.l2 or L2_GRID)
+        fit = choose_l2(features(probe, data["labeled"]), features(probe, data["val"]), probe.fc.out_features, grid)
+        with torch.no_grad():
+            probe.fc.weight.copy_(fit.weight)
+            probe.fc.bias.copy_(fit.bias)
+        self.fit_facts = {"probe_l2": fit.l2, "probe_fit_seconds": time.perf_counter() - start}
+
+    def epoch_facts(self) -> dict[str, float]:
+        return super().epoch_facts() | self.fit_facts
+
+    def state_dict(self) -> dict:
+        return super().state_dict() | {"probe_fit": dict(self.fit_facts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.fit_facts = dict(state.get("probe_fit", {}))
+
+
+@torch.no_grad()
+def features(probe: nn.Module, batches: Iterable) -> tuple[Tensor, Tensor]:
+    """The frozen source's penultimate features [N, D] (float32, on the CPU) and the labels [N] of ``(images,
+    labels)`` batches; the source preprocesses each batch itself (resize, its own normalisation)."""
+    device = next(probe.parameters()).device
+    feats, labels = [], []
+    for images, y in batches:
+        feats.append(probe.bank(images.to(device))["features"].float().cpu())
+        labels.append(y.cpu())
+    return torch.cat(feats), torch.cat(labels)

@@ -6,6 +6,7 @@ that one method class, ``Composite``, sums over a single forward of the target:
     scratch         L = primary
     sskt            L = primary + alpha * sum_m w_m aux_m           (auxiliary heads, methods/sskt.py)
     kd              L = w_l primary + lam * KD                       (methods/kd.py; w_l = 1, or 1 - lam)
+    dho             L = w_l primary + lam * KD on a second head      (methods/dho.py; the heads fused at inference)
     fixmatch        L = primary + lambda_u * consistency             (methods/fixmatch.py)
     a+b             the terms of both, the primary loss once, e.g. 'fixmatch+sskt', 'kd+sskt'
 
@@ -21,6 +22,7 @@ objective is one file: a ``Term`` registered with ``@term_family(name)`` and its
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -118,6 +120,14 @@ class Term:
 
     def after_step(self, target: nn.Module) -> None:
         """After the target's optimizer step (``target``: the raw module), e.g. to move a teacher's average."""
+
+    def calibrate(self, net: nn.Module, data: Mapping[str, Iterable]) -> None:
+        """Before each evaluation: choose what is set after training (DHO's fusion weights) on the un-augmented
+        batches of ``data`` ('labeled', 'val': ``(images, labels)``), for ``net``, the target as evaluated."""
+
+    def wrap_evaluated(self, net: nn.Module) -> nn.Module:
+        """The network evaluated and shipped in place of ``net`` (DHO: both heads fused); ``net`` by default."""
+        return net
 
     def state_dict(self) -> dict:
         """What the term keeps across steps (a teacher's average, say), for the checkpoint; {} for none."""
@@ -223,6 +233,18 @@ class Composite(SingleNetMethod):
         super().after_step()
         for term in self.terms:
             term.after_step(self.networks["target"].raw)
+
+    def calibrate(self, data: Mapping[str, Iterable]) -> None:
+        net = super().evaluated_target()
+        for term in self.terms:
+            term.calibrate(net, data)
+
+    def evaluated_target(self) -> nn.Module:
+        """The base's (the weight average or the target), as each term wraps it for evaluation and shipping."""
+        net = super().evaluated_target()
+        for term in self.terms:
+            net = term.wrap_evaluated(net)
+        return net
 
     def state_dict(self) -> dict:
         """The base's state, plus ``"terms"`` (by family) when a term keeps any."""
