@@ -25,3 +25,26 @@ def test_no_size_keeps_everything_unlabelled_and_a_bad_size_is_one_line() -> Non
     assert fixed_pool(remaining, torch.tensor([3]), None).tolist() == [0, 1, 2, 4, 5, 6, 7, 8, 9]
     with pytest.raises(UserError, match="data.unlabeled_pool=11 is out of range; valid: 1..10"):
         fixed_pool(remaining, torch.tensor([3]), 11)
+
+
+def test_a_run_draws_its_unlabelled_rows_from_the_fixed_pool(small_fmnist) -> None:
+    from sskt.config import DataConfig
+    from sskt.data import build_dataset
+    from sskt.data.stream import train_split
+
+    data = DataConfig(root=str(small_fmnist), download=False, labels_per_class=5, val_per_class=5)
+    data.unlabeled, data.unlabeled_pool = "rest", 100
+    spec = build_dataset(data)
+    splits = [train_split(spec, data, seed) for seed in (0, 1)]
+    for split in splits:
+        assert len(split.rest) <= 100 and len(split.rest) >= 100 - len(split.labeled)
+        assert not set(split.rest.tolist()) & (set(split.labeled.tolist()) | set(split.val.tolist()))
+    assert len(set(splits[0].rest.tolist()) & set(splits[1].rest.tolist())) >= 100 - 2 * 50
+
+
+def test_a_pool_size_without_the_rest_pool_is_refused(tiny_cfg) -> None:
+    from sskt.engine import check_config
+
+    tiny_cfg.data.unlabeled_pool = 50
+    with pytest.raises(UserError, match="data.unlabeled_pool subsets data.unlabeled 'rest'; got data.unlabeled=None"):
+        check_config(tiny_cfg)

@@ -73,6 +73,10 @@ class DataConfig:
     such as 'stl10:unlabeled', or a folder of images. None uses labelled images only."""
     unlabeled_ratio: int = 0
     """Unlabelled images per labelled image in a batch."""
+    unlabeled_pool: int | None = None
+    """'rest' only: keep a fixed subset of this many images, drawn once outside the validation split by a constant
+    seed (the same pool for every run seed, method and label budget, less the few images a run labels), e.g. so that
+    a slow source's cached views of the pool fit a budget; None keeps every image."""
 
 
 @dataclass

@@ -26,7 +26,7 @@ from sskt.data.datasets import EXTRA_SPLITS, load_extra_split, stored_shape
 from sskt.data.folder import unlabeled_folder
 from sskt.data.randaugment import strong_augment
 from sskt.data.spec import Batch, DatasetSpec, ImageSet
-from sskt.data.subsets import labeled_after_validation, split_validation
+from sskt.data.subsets import fixed_pool, labeled_after_validation, split_validation
 from sskt.errors import UserError
 
 
@@ -94,7 +94,8 @@ def read_batches(
 @dataclass
 class TrainSplit:
     """How the training images divide: the validation split (held out first, by ``data.val_seed``), the labelled
-    subset chosen among the rest, and everything else (candidates for ``data.unlabeled='rest'``)."""
+    subset chosen among the rest, and everything else (candidates for ``data.unlabeled='rest'``; with
+    ``data.unlabeled_pool`` a fixed subset of them)."""
 
     val: Tensor
     labeled: Tensor
@@ -109,9 +110,7 @@ def train_split(spec: DatasetSpec, cfg: TrainConfig | DataConfig, seed: int | No
     val, remaining = split_validation(spec.train.labels, data.val_per_class, data.val_seed)
     seed = seed if data.subset_seed is None else data.subset_seed
     labeled = labeled_after_validation(spec.train.labels, remaining, data.labels_per_class, seed)
-    free = torch.ones(len(spec.train), dtype=torch.bool)
-    free[val], free[labeled] = False, False
-    return TrainSplit(val, labeled, free.nonzero().squeeze(1))
+    return TrainSplit(val, labeled, fixed_pool(remaining, labeled, data.unlabeled_pool))
 
 
 def split_config(cfg: TrainConfig | DataConfig, seed: int | None) -> tuple[DataConfig, int]:

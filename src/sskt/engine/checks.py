@@ -64,6 +64,8 @@ def _check_positive(cfg: TrainConfig) -> None:
     for key, value in {"data.crop_padding": cfg.data.crop_padding, "data.num_workers": cfg.data.num_workers}.items():
         if value < 0:
             raise UserError(f"{key} must be >= 0, got {value}")
+    if cfg.data.unlabeled_pool is not None and cfg.data.unlabeled != "rest":
+        raise UserError(f"data.unlabeled_pool subsets data.unlabeled 'rest'; got data.unlabeled={cfg.data.unlabeled!r}")
     if not cfg.optim.lr > 0:
         raise UserError(f"optim.lr must be positive, got {cfg.optim.lr}")
     if not str(cfg.out).strip():
