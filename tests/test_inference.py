@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -116,3 +117,71 @@ def test_a_run_made_before_the_card_still_loads(sskt_run, tmp_path) -> None:
     x = sample_batch(card)
     with torch.inference_mode():
         assert torch.equal(net_old(x), net(x))
+
+
+# --- issue 26: export loses nothing ----------------------------------------------------------------------------
+def _export(run, out, *extra: str) -> list[str]:
+    return ["export", str(run.root), "--format", "safetensors", "--out", str(out), *extra]
+
+
+def test_export_refuses_an_existing_file_unless_forced(sskt_run, tmp_path, capsys) -> None:
+    out = tmp_path / "model.safetensors"
+    out.write_bytes(b"precious")
+    line = error_line(capsys, _export(sskt_run["run"], out))
+    assert "already exists" in line and "--force" in line and out.read_bytes() == b"precious"
+    assert main(_export(sskt_run["run"], out, "--force")) == 0
+    assert load_file(out) and sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
+def test_a_failed_parity_check_keeps_the_file_that_was_there(sskt_run, tmp_path, monkeypatch, capsys) -> None:
+    """The export goes to a temporary file; a failed check removes only that, never the file --force would have
+    replaced."""
+    import sskt.inference as inference
+
+    real = inference.EXPORTERS["torchscript"]
+    monkeypatch.setitem(inference.EXPORTERS, "torchscript", lambda *a: real(*a) + 1e-3)
+    out = tmp_path / "model.pt"
+    out.write_bytes(b"the previous export")
+    argv = ["export", str(sskt_run["run"].root), "--format", "torchscript", "--out", str(out), "--force"]
+    assert "differs from PyTorch" in error_line(capsys, argv)
+    assert out.read_bytes() == b"the previous export" and [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "model.json", "config.yaml", "checkpoints/last.pt"])
+def test_export_never_replaces_a_run_file_even_with_force(sskt_run, name, capsys) -> None:
+    run = sskt_run["run"]
+    target = run.root / name
+    before = target.read_bytes() if target.exists() else None
+    line = error_line(capsys, _export(run, target, "--force"))
+    assert "run file" in line and name in line
+    assert (target.read_bytes() if target.exists() else None) == before
+
+
+def test_export_to_a_folder_an_empty_path_or_a_read_only_folder_is_one_line(sskt_run, tmp_path, capsys) -> None:
+    assert "is a folder" in error_line(capsys, _export(sskt_run["run"], tmp_path))
+    empty = ["export", str(sskt_run["run"].root), "--format", "onnx", "--out", ""]
+    assert "--out is empty" in error_line(capsys, empty)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # root ignores the mode
+            assert "read-only" in error_line(capsys, _export(sskt_run["run"], locked / "m.safetensors"))
+    finally:
+        locked.chmod(0o700)
+
+
+def test_a_network_with_nan_weights_neither_predicts_nor_exports(sskt_run, colour_folder, tmp_path, capsys) -> None:
+    import shutil
+
+    from safetensors.torch import save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(sskt_run["run"].root, broken)
+    state = load_file(broken / "model.safetensors")
+    state["fc.weight"][0, 0] = float("nan")
+    save_file(state, broken / "model.safetensors", metadata={"aux_classes": "{}"})
+    image = next((colour_folder / "test" / "c0").glob("*.png"))
+    assert "non-finite" in error_line(capsys, ["predict", str(broken), str(image)])
+    assert "non-finite" in error_line(capsys, _export(RunDir(broken), tmp_path / "m.safetensors"))
+    assert not (tmp_path / "m.safetensors").exists()

@@ -108,10 +108,11 @@ def export_command(argv: list[str]) -> int:
     parser = ArgumentParser(prog="sskt export", description="Export a trained network.", exit_on_error=False)
     parser.add_argument("run", type=str, help="Run directory (holds model.safetensors and model.json).")
     parser.add_argument("--format", type=str, required=True, help=f"One of: {', '.join(EXPORTERS)}.")
-    parser.add_argument("--out", type=str, required=True, help="File to write.")
+    parser.add_argument("--out", type=str, required=True, help="File to write (an existing one only with --force).")
+    parser.add_argument("--force", action="store_true", help="Replace an existing --out (never a run's own files).")
     args = parser.parse_args(argv)
     check_choice("export format", args.format, EXPORTERS)
-    print(json.dumps(export(args.run, args.format, args.out)))
+    print(json.dumps(export(args.run, args.format, args.out, force=args.force)))
     return 0
 
 

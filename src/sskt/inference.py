@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from sskt.data.augment import Augment, Normalize, fit_ops
 from sskt.data.folder import IMAGE_EXTENSIONS, image_files
 from sskt.errors import UserError
+from sskt.rundir import CHECKPOINT, CONFIG, LOCK, MODEL_CARD, RECORDS, SUMMARY, WEIGHTS
 from sskt.trained import ModelCard, load_trained
 
 PARITY_TOLERANCE = 1e-4
@@ -84,6 +86,7 @@ def predict(
         if images:
             with torch.inference_mode():
                 logits = net(preprocess(torch.stack([im for _, im in images]), card))
+            refuse_non_finite(logits, f"images {str(images[0][0])!r}...")
             p = logits.sigmoid() if card.task == "multi_label" else logits.softmax(1)
             values, classes = p.topk(k, dim=1)
             for (f, _), vs, cs in zip(images, values.tolist(), classes.tolist(), strict=True):
@@ -100,24 +103,105 @@ def sample_batch(card: ModelCard, n: int = 8, seed: int = 0) -> Tensor:
     return preprocess(torch.randint(0, 256, (n, card.channels, h, w), generator=g, dtype=torch.uint8), card)
 
 
-def export(path: str | Path, fmt: str, out: str | Path) -> dict:
+def export(path: str | Path, fmt: str, out: str | Path, force: bool = False) -> dict:
     """Write the run's network as ``fmt`` ('onnx', 'torchscript', 'safetensors') to ``out`` with the model card
-    inside, reload it, and compare its logits with PyTorch's on a sample batch. A difference above
-    ``PARITY_TOLERANCE`` removes the file and is a UserError."""
+    inside, reload it, and compare its logits with PyTorch's on a sample batch.
+
+    Nothing is lost: the export is written to a temporary file beside ``out`` and renamed over it only once the
+    parity check passed, so a failure removes only that temporary file; an existing ``out`` is replaced only with
+    ``force``, and never when it is a file of a run directory (``model.safetensors`` of the run itself, say)."""
+    out = check_out(out, force)
     net, card = load_trained(path)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if card.task == "video":
+        raise UserError(f"sskt export takes image models; {str(path)!r} is a video model (clips of "
+                        f"{card.extra.get('clip_len')} frames)")  # fmt: skip
     x = sample_batch(card)
     with torch.inference_mode():
         expected = net(x)
+    refuse_non_finite(expected, f"run {str(path)!r}")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        diff = _write_checked(net, card, x, expected, fmt, tmp)
+        _publish(tmp, out)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write {str(out)!r}: {exc.strerror or type(exc).__name__}") from exc
+        raise
+    return {"format": fmt, "out": str(out), "max_abs_diff": diff, "batch": list(x.shape)}
+
+
+def _write_checked(net: nn.Module, card: ModelCard, x: Tensor, expected: Tensor, fmt: str, tmp: Path) -> float:
+    """Export to ``tmp`` and return the largest logit difference against ``expected``; above
+    ``PARITY_TOLERANCE`` (or not finite) is a UserError."""
     with warnings.catch_warnings():  # torch's deprecation notes on jit and the ONNX exporter's folding notes
         warnings.simplefilter("ignore", (FutureWarning, UserWarning, DeprecationWarning))
-        got = EXPORTERS[fmt](net, card, x, out)
+        got = EXPORTERS[fmt](net, card, x, tmp)
     diff = float((got - expected).abs().max()) if got is not None else 0.0
     if not math.isfinite(diff) or diff > PARITY_TOLERANCE:
-        out.unlink(missing_ok=True)
-        raise UserError(f"{fmt} export differs from PyTorch by {diff:.3g} (> {PARITY_TOLERANCE}); {str(out)!r} removed")
-    return {"format": fmt, "out": str(out), "max_abs_diff": diff, "batch": list(x.shape)}
+        raise UserError(f"{fmt} export differs from PyTorch by {diff:.3g} (> {PARITY_TOLERANCE}); nothing written")
+    return diff
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Make the checked temporary file ``out``: fsync, rename, fsync the folder."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+    fd = os.open(out.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+RUN_FILES = (CONFIG, RECORDS, SUMMARY, CHECKPOINT, WEIGHTS, MODEL_CARD, LOCK)
+"""Files of a run directory that an export must never replace (``checkpoints/`` and ``tb/`` are refused whole)."""
+
+
+def check_out(out: str | Path, force: bool) -> Path:
+    """``out`` as a path an export may write, before anything is built: not empty, not a folder, not a file of a
+    run directory, not an existing file unless ``force``, in a folder that exists (it is created) and is
+    writable. Each refusal is one line naming the path."""
+    if not str(out).strip():
+        raise UserError("--out is empty; give the file to write, e.g. --out model.onnx")
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a folder; give a file path inside it, e.g. {str(out / 'model.onnx')!r}")
+    run_file = _run_file(out)
+    if run_file:
+        raise UserError(f"--out {str(out)!r} would replace the run file {run_file!r}; write the export elsewhere")
+    if out.exists() or out.is_symlink():
+        if not out.is_file():
+            raise UserError(f"--out {str(out)!r} exists and is not a regular file; pick another --out")
+        if not force:
+            raise UserError(f"--out {str(out)!r} already exists; pass --force to replace it, or pick another --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise UserError(f"cannot create the folder of --out {str(out)!r}: {why}") from exc
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out {str(out)!r} cannot be written ({str(out.parent)!r} is read-only)")
+    return out
+
+
+def _run_file(out: Path) -> str | None:
+    """The run file ``out`` names (its path relative to the run directory), or None when it is no run's file."""
+    resolved = out.resolve()
+    for root in resolved.parents[:3]:
+        if (root / CONFIG).is_file():
+            rel = resolved.relative_to(root)
+            if str(rel) in RUN_FILES or rel.parts[0] in ("checkpoints", "tb"):
+                return str(rel)
+    return None
+
+
+def refuse_non_finite(logits: Tensor, what: str) -> None:
+    """A network that gives NaN or infinite logits (a run that diverged) predicts nothing: one line, not numbers
+    that look like a result."""
+    if not bool(torch.isfinite(logits).all()):
+        raise UserError(f"{what}: the network gives non-finite outputs (NaN or inf; did training diverge?)")
 
 
 def _card_json(card: ModelCard) -> str:
