@@ -44,7 +44,7 @@ def test_fusion_is_a_mixture_of_the_two_heads() -> None:
 def lbfgs_probe(colour_cfg, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("lbfgs") / "probe"
     cfg = colour_cfg(out, "probe")
-    cfg.sources, cfg.precise_bn, cfg.epochs = [LITE0], None, 1
+    cfg.sources, cfg.precise_bn, cfg.epochs = [LITE0], 0, 1
     cfg.data.labels_per_class, cfg.data.val_per_class = 8, 4
     cfg.method.probe.solver, cfg.method.probe.l2 = "lbfgs", [1e-3, 1e-1]
     return {"cfg": cfg, "summary": train(cfg), "out": out}

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from sskt.config import TrainConfig
 from sskt.data import DatasetSpec, TrainStream, build_dataset
-from sskt.engine.checkpoint import load_checkpoint, save_atomic
+from sskt.engine.checkpoint import INPUTS, check_inputs, load_checkpoint, run_inputs, save_atomic, stream_splits
 from sskt.engine.checks import check_config
 from sskt.engine.evaluation import calibration_data, eval_splits, evaluate_splits, headline_metric
 from sskt.engine.precise_bn import recompute_bn_stats
@@ -72,6 +72,9 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
 def _train(cfg: TrainConfig, run: RunDir, fabric: Fabric, parts: tuple, started: float) -> dict:
     """``train`` once everything is built and the run directory is locked."""
     spec, stream, method = parts
+    inputs = run_inputs(stream_splits(spec, stream), method.ctx.frozen)
+    if cfg.resume:  # other data or frozen weights under the same paths: refused before config.yaml is rewritten
+        check_inputs(run.checkpoint, inputs, run.root)
     if fabric.is_global_zero:
         run.prepare(cfg)
     splits = eval_splits(
@@ -85,25 +88,22 @@ def _train(cfg: TrainConfig, run: RunDir, fabric: Fabric, parts: tuple, started:
 
     # Resume: weights, optimizers, schedules, RNG states, best-so-far; the stream replays from (seed, epoch).
     state = restore(run, method) if cfg.resume and run.checkpoint.exists() else fresh_state()
+    state[INPUTS] = inputs  # saved in every last.pt, so that a resume can check them
     if fabric.is_global_zero:
         run.truncate_records(state["epoch"])
     prior_seconds = state["wall_seconds"]
+    state["cache_build_seconds"] = getattr(stream.provider, "build_seconds", 0.0)
     metrics: dict[str, float] = {}
 
     for epoch in range(state["epoch"], cfg.epochs):
         record = train_epoch(fabric, method, stream, epoch) | method.epoch_facts()
-        # Cost so far (resumes included): training seconds (evaluation excluded) and rows the target processed.
-        state["train_seconds"] += record["epoch_seconds"]
-        state["images_seen"] += record.pop("images")
-        record.update(train_seconds=state["train_seconds"], images_seen=state["images_seen"])
-        state["cpu_seconds"] += record["cpu_seconds"]
-        record["train_cpu_seconds"] = state["cpu_seconds"]
-        state["peak_load_1min"] = max(state["peak_load_1min"], record["load_1min"])
+        account(state, record)
 
         # Evaluate every eval_every epochs and after the last one.
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             if cfg.precise_bn:  # statistics of the current weights, from this epoch's (replayable) batches
-                recompute_bn_stats(method.evaluated().values(), stream.epoch(epoch), cfg.precise_bn, fabric.device)
+                timed(state, record, "precise_bn_seconds", recompute_bn_stats, method.evaluated().values(),
+                      stream.epoch(epoch), cfg.precise_bn, fabric.device)  # fmt: skip
             metrics = measure(method, splits, spec, fabric, calibration)
             record.update(metrics)
             for which, metric in selectors.items():
@@ -122,6 +122,27 @@ def _train(cfg: TrainConfig, run: RunDir, fabric: Fabric, parts: tuple, started:
     if not metrics:
         metrics = measure(method, splits, spec, fabric, calibration)
     return finish(cfg, run, fabric, method, state, metrics, selectors, spec)
+
+
+def account(state: dict, record: dict) -> None:
+    """Add the epoch's cost to the run's (resumes included) and write the totals so far into its record: training
+    seconds (evaluation excluded), CPU seconds, rows the target processed; and keep the peak load."""
+    state["train_seconds"] += record["epoch_seconds"]
+    state["images_seen"] += record.pop("images")
+    state["cpu_seconds"] += record["cpu_seconds"]
+    state["peak_load_1min"] = max(state["peak_load_1min"], record["load_1min"])
+    record.update(
+        train_seconds=state["train_seconds"], images_seen=state["images_seen"], train_cpu_seconds=state["cpu_seconds"]
+    )
+
+
+def timed(state: dict, record: dict, key: str, fn, *args) -> None:  # noqa: ANN001 - any callable
+    """Run ``fn(*args)``, adding its seconds to ``state[key]`` and writing the total so far into ``record[key]``
+    (precise BN: a cost of training that ``train_seconds`` leaves out, which equal-time tables add back)."""
+    start = time.perf_counter()
+    fn(*args)
+    state[key] = state.get(key, 0.0) + time.perf_counter() - start
+    record[key] = state[key]
 
 
 def measure(method: Method, splits: dict, spec: DatasetSpec, fabric: Fabric, calibration: dict) -> dict[str, float]:
@@ -154,6 +175,8 @@ def fresh_state() -> dict:
         "images_seen": 0,
         "cpu_seconds": 0.0,
         "peak_load_1min": 0.0,
+        "precise_bn_seconds": 0.0,
+        "cache_build_seconds": 0.0,
     }
 
 
@@ -274,6 +297,8 @@ def finish(
         "versions": versions(),
         "machine": machine(fabric.device) | {"peak_load_1min": state["peak_load_1min"]},
         "cpu_seconds": state["cpu_seconds"],
+        "precise_bn_seconds": state["precise_bn_seconds"],
+        "cache_build_seconds": state["cache_build_seconds"],
         "method": cfg.method.name,
         "epochs": cfg.epochs,
         "headline": headline_metric(spec.task, "test"),
