@@ -8,37 +8,44 @@ with two lines::
 
 ``main`` turns a ``UserError`` or a bad argument into ``error: <one line>`` on stderr and exit status 2; ``--debug``
 anywhere on the command line shows the traceback instead.
+
+Start-up time: this module imports nothing heavy. Each command imports what it needs inside its function, after its
+arguments are parsed, so ``sskt --help``, ``sskt <command> --help`` and a bad option answer without importing torch,
+and ``sskt predict`` never imports the training stack (tests/test_startup.py holds it to that).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 
-import torch
-from jsonargparse import ArgumentError as JsonArgumentError
-from jsonargparse import ArgumentParser
-
 from sskt.config_io import parse_train_args
-from sskt.data import DATASETS, TrainStream, build_dataset
-from sskt.engine import check_config, evaluate, train
-from sskt.engine.soft_cache import open_cache, run_sources
 from sskt.errors import UserError, check_choice
-from sskt.experiments.curves import curves_main
-from sskt.experiments.grid_cli import grid_main
-from sskt.experiments.report import report_main
-from sskt.methods import METHODS
-from sskt.models import MODELS
-from sskt.sources import SOURCES
 
 Command = Callable[[list[str]], "int | None"]
+
+_LAZY = {"train": "sskt.engine", "evaluate": "sskt.engine", "check_config": "sskt.engine"}
+"""Engine functions ``sskt.cli`` still offers as attributes (``sskt.cli.train``), imported on first access."""
+
+
+def __getattr__(name: str) -> object:
+    """``sskt.cli.train`` and friends, imported on first use so that importing the CLI stays cheap."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
+
+def _engine(name: str) -> Callable:
+    """The engine function ``name``, or the stand-in a test set on this module (``monkeypatch.setattr(cli, ...)``)."""
+    return getattr(sys.modules[__name__], name)
 
 
 def train_command(argv: list[str]) -> int:
     cfg = parse_train_args(argv)
-    summary = train(cfg)
+    summary = _engine("train")(cfg)
     chosen = {k: summary[k] for k in ("best", "best_epoch", "selected_by") if k in summary}
     if os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0":  # one line, not one per process
         print(json.dumps({"out": cfg.out, "final": summary["final"], **chosen}))
@@ -46,36 +53,39 @@ def train_command(argv: list[str]) -> int:
 
 
 def evaluate_command(argv: list[str]) -> int:
+    from jsonargparse import ArgumentParser
+
     parser = ArgumentParser(prog="sskt evaluate", description="Re-evaluate a trained run.", exit_on_error=False)
     parser.add_argument("run", type=str, help="Run directory, its model.safetensors, or a checkpoint file.")
     args = parser.parse_args(argv)
-    print(json.dumps(evaluate(args.run)))
+    print(json.dumps(_engine("evaluate")(args.run)))
     return 0
 
 
-def _registries() -> dict[str, Callable[[], list[str]]]:
-    """What ``sskt list`` can show (importing a package registered its names)."""
-    return {
-        "datasets": DATASETS.list,
-        "methods": METHODS.list,
-        "models": MODELS.list,
-        "sources": SOURCES.list,
-    }
+REGISTRIES = {
+    "datasets": "sskt.data:DATASETS",
+    "methods": "sskt.methods:METHODS",
+    "models": "sskt.models:MODELS",
+    "sources": "sskt.sources:SOURCES",
+}
+"""What ``sskt list`` can show, as ``module:registry``: importing the package registers its names, so only the
+registry asked for is imported."""
 
 
 def list_command(argv: list[str]) -> int:
-    registries = _registries()
+    from jsonargparse import ArgumentParser
+
     parser = ArgumentParser(prog="sskt list", description="Registered names, one per line.", exit_on_error=False)
-    parser.add_argument("what", type=str, help=f"One of: {', '.join(registries)}.")
-    what = check_choice("list", parser.parse_args(argv).what, registries)
-    print("\n".join(registries[what]()))
+    parser.add_argument("what", type=str, help=f"One of: {', '.join(REGISTRIES)}.")
+    what = check_choice("list", parser.parse_args(argv).what, REGISTRIES)
+    module, registry = REGISTRIES[what].split(":")
+    print("\n".join(getattr(importlib.import_module(module), registry).list()))
     return 0
 
 
 def predict_command(argv: list[str]) -> int:
     """``sskt predict RUN_DIR IMAGE|FOLDER... [--topk K] [--json]``: the top classes of each image."""
-    from sskt.inference import collect_images, predict
-    from sskt.trained import load_trained
+    from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(prog="sskt predict", description="Top classes of images.", exit_on_error=False)
     parser.add_argument("run", type=str, help="Run directory (holds model.safetensors and model.json).")
@@ -86,6 +96,9 @@ def predict_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.topk < 1 or args.batch_size < 1:
         raise UserError(f"--topk and --batch_size must be at least 1, got {args.topk} and {args.batch_size}")
+    from sskt.inference import collect_images, predict
+    from sskt.trained import load_trained
+
     net, card = load_trained(args.run)
     if card.task == "video":
         raise UserError(f"sskt predict takes images; {args.run!r} is a video model (clips of {card.extra['clip_len']})")
@@ -101,30 +114,43 @@ def predict_command(argv: list[str]) -> int:
     return 2 if failed else 0
 
 
+EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")
+"""``sskt.inference.EXPORTERS``'s names, spelled out so that ``sskt export --help`` need not import torch (a test
+keeps the two equal)."""
+
+
 def export_command(argv: list[str]) -> int:
     """``sskt export RUN_DIR --format onnx|torchscript|safetensors --out FILE``, with a parity check."""
-    from sskt.inference import EXPORTERS, export
+    from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(prog="sskt export", description="Export a trained network.", exit_on_error=False)
     parser.add_argument("run", type=str, help="Run directory (holds model.safetensors and model.json).")
-    parser.add_argument("--format", type=str, required=True, help=f"One of: {', '.join(EXPORTERS)}.")
+    parser.add_argument("--format", type=str, required=True, help=f"One of: {', '.join(EXPORT_FORMATS)}.")
     parser.add_argument("--out", type=str, required=True, help="File to write (an existing one only with --force).")
     parser.add_argument("--force", action="store_true", help="Replace an existing --out (never a run's own files).")
     args = parser.parse_args(argv)
-    check_choice("export format", args.format, EXPORTERS)
+    check_choice("export format", args.format, EXPORT_FORMATS)
+    from sskt.inference import export
+
     print(json.dumps(export(args.run, args.format, args.out, force=args.force)))
     return 0
 
 
 def curves_command(argv: list[str]) -> int:
+    from sskt.experiments.curves import curves_main
+
     return curves_main(argv)
 
 
 def grid_command(argv: list[str]) -> int:
+    from sskt.experiments.grid_cli import grid_main
+
     return grid_main(argv)
 
 
 def report_command(argv: list[str]) -> int:
+    from sskt.experiments.report import report_main
+
     return report_main(argv)
 
 
@@ -142,7 +168,12 @@ def cache_command(argv: list[str]) -> int:
         return 0 if argv else 2
     check_choice("cache command", argv[0], ("build",))
     cfg = parse_train_args(argv[1:])
-    check_config(cfg)
+    import torch
+
+    from sskt.data import TrainStream, build_dataset
+    from sskt.engine.soft_cache import open_cache, run_sources
+
+    _engine("check_config")(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = "cuda" if cfg.accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available() else "cpu"
@@ -151,6 +182,13 @@ def cache_command(argv: list[str]) -> int:
     cache = open_cache(cfg, spec, stream, run_sources(cfg, spec, device), build=True, show_progress=cfg.progress)
     print(json.dumps({"cache": str(cache.path), "views": cache.views, "bytes": cache.nbytes()}))
     return 0
+
+
+def advise_command(argv: list[str]) -> int:
+    """``sskt advise --config my.yaml [--sources ...] [--input-sizes ...] [--reference RUN] [--out DIR]``."""
+    from sskt.experiments.advise import advise_main
+
+    return advise_main(argv)
 
 
 COMMANDS: dict[str, Command] = {
@@ -163,11 +201,19 @@ COMMANDS: dict[str, Command] = {
     "cache": cache_command,
     "predict": predict_command,
     "export": export_command,
+    "advise": advise_command,
 }
 
 
 def _usage() -> str:
     return "usage: sskt [--debug] {" + ",".join(COMMANDS) + "} ...   (sskt <command> --help for its options)"
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean bad input: ``UserError``, and jsonargparse's own once a command has imported it (a
+    command that never imported it cannot raise it, and ``sskt --help`` should not pay for importing it)."""
+    jsonargparse = sys.modules.get("jsonargparse")
+    return (UserError,) if jsonargparse is None else (UserError, jsonargparse.ArgumentError)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -185,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         command = COMMANDS[check_choice("command", args[0], COMMANDS)]
         return command(args[1:]) or 0
-    except (UserError, JsonArgumentError) as exc:
+    except _user_errors() as exc:  # an except clause is evaluated only when an exception arrives
         if debug:
             raise
         print(f"error: {_one_line(exc)}", file=sys.stderr)

@@ -77,3 +77,17 @@ def _save(fig, path: Path) -> Path:  # noqa: ANN001 - matplotlib Figure
 
     plt.close(fig)
     return path
+
+
+def signed_bars(values: Mapping[str, float], path: Path, title: str, ylabel: str) -> Path:
+    """One bar per key from zero, green above and red below, with a line at zero: differences such as a source's
+    headroom over a reference, where the sign is the message (so the axis always shows 0)."""
+    plt = _pyplot()
+    names = list(values)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(names) + 3), 4.4))  # room for long labels
+    colours = ["tab:green" if values[n] > 0 else "tab:red" for n in names]
+    ax.bar(range(len(names)), [values[n] for n in names], 0.6, color=colours)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax.set(title=title, ylabel=ylabel)
+    return _save(fig, path)

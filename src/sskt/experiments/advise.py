@@ -1,0 +1,392 @@
+"""``sskt advise``: which pretrained sources can help a small target on the user's data, in minutes, before training.
+
+Per source and input size it reads the frozen source's penultimate features and logits of the labelled and
+validation images (``sskt.sources.features``, cached), fits the L-BFGS linear probe on the labelled features and
+measures it on the validation split (``sskt.sources.linear_eval``), and computes LogME, LEEP, NCE and H-score
+(``sskt.sources.scores``; ../docs METHOD.md section 12). The reference is the target alone, scratch + EMA, on the same
+labels and validation split: a finished run (``--reference RUN``, its validation-chosen ``best.val_acc``) or a
+run trained here into ``<out>/reference``. Then
+
+    headroom = probe validation accuracy - reference validation accuracy   (points)
+
+ranks the sources. The rule behind the sentence, "headroom > 0: the source's features, read linearly, know more about
+the task than the target learns alone, so distilling from it may help", is benchmark v2's lesson (negative headroom,
+no gain); it has not yet been measured across regimes (issue 27 part 2), and the report says so.
+
+Writes ``advise.json`` and ``advise.png`` (headroom per source) into ``--out`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from jsonargparse import ArgumentParser
+from rich.console import Console
+from rich.table import Table
+from torch import Tensor
+
+from sskt.config import EMAConfig, MethodConfig, SourceConfig, TrainConfig
+from sskt.config_io import parse_train_args
+from sskt.data import build_dataset
+from sskt.data.spec import DatasetSpec
+from sskt.data.stream import TrainSplit, train_split
+from sskt.engine import train
+from sskt.errors import UserError
+from sskt.experiments.plots import signed_bars
+from sskt.files import write_text_atomic
+from sskt.rundir import RunDir
+from sskt.sources import SOURCES, Source, build_source, features, linear_eval, scores
+from sskt.sources.cache.key import cache_root
+
+DEFAULT_SOURCE = "efficientnet_lite0.imagenet"
+REFERENCE_EMA = 0.999
+"""EMA decay of the reference run trained here when the config sets none (FixMatch's default)."""
+RULE = (
+    "headroom = probe validation accuracy - scratch + EMA validation accuracy; headroom > 0 suggests the source can "
+    "help (try kd and sskt), headroom <= 0 that scratch + EMA is the pick. Benchmark v2's lesson, not yet measured "
+    "across regimes (issue 27 part 2); LogME, LEEP, NCE and H-score were validated in their papers against "
+    "fine-tuning accuracy only."
+)
+OPTIONS = {"--config", "--sources", "--input-sizes", "--reference", "--reference-epochs", "--out"}
+"""advise's own options; every other ``--dotted.key value`` overrides the training config as in ``sskt train``."""
+
+
+@dataclass
+class Candidate:
+    """One source at one input size."""
+
+    config: SourceConfig
+    label: str
+    """``"<name> at <size> px"``."""
+
+
+# --- arguments -----------------------------------------------------------------------------------------------------
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog="sskt advise", description=__doc__.splitlines()[0], exit_on_error=False)
+    p.add_argument("--config", type=str, required=True, help="The run's YAML config (data, target, sources).")
+    p.add_argument("--sources", type=str, nargs="+", default=None, help="Sources to assess (default: the config's).")
+    p.add_argument("--input-sizes", type=int, nargs="+", default=None, help="Source input sizes in px to try.")
+    p.add_argument("--reference", type=str, default=None, help="A finished scratch + EMA run on the same labels.")
+    p.add_argument("--reference-epochs", type=int, default=None, help="Epochs of a reference trained here.")
+    p.add_argument("--out", type=str, default="advise", help="Folder for advise.json, advise.png, reference/.")
+    return p
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``(advise's own arguments, the config overrides)``: an option and the values after it go to the side that
+    owns the option; ``--config`` goes to both (the overrides apply on top of it, as in ``sskt train``)."""
+    own: list[str] = []
+    overrides: list[str] = []
+    sides: tuple[list[str], ...] = ()
+    for token in argv:
+        if token.startswith("--"):
+            name = token.split("=")[0]
+            sides = (own, overrides) if name == "--config" else (own,) if name in OPTIONS else (overrides,)
+        if not sides:
+            raise UserError(f"unexpected argument {token!r}; sskt advise takes --options only (see --help)")
+        for side in sides:
+            side.append(token)
+    return own, overrides
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, TrainConfig]:
+    """advise's options and the training config they name; bad values are one-line UserErrors."""
+    own, overrides = split_argv(argv)
+    try:
+        args = parser().parse_args(own)
+    except argparse.ArgumentError as exc:
+        raise UserError(" ".join(str(exc).split())) from exc
+    if any(size < 1 for size in args.input_sizes or ()):
+        raise UserError(f"--input-sizes must be positive pixel counts, got {args.input_sizes}")
+    if args.reference_epochs is not None and args.reference_epochs < 1:
+        raise UserError(f"--reference-epochs must be at least 1, got {args.reference_epochs}")
+    for name in args.sources or ():
+        SOURCES.require(name, "source")
+    return args, parse_train_args(overrides)
+
+
+def check_task(cfg: TrainConfig, spec: DatasetSpec) -> None:
+    """advise needs a single-label image task and a validation split to measure the probe and the reference on."""
+    if spec.task != "single_label":
+        raise UserError(f"sskt advise handles single-label image tasks; {spec.name!r} is {spec.task!r}")
+    if not cfg.data.val_per_class:
+        raise UserError("sskt advise needs a validation split: set data.val_per_class (e.g. 10), got None")
+
+
+# --- candidates ----------------------------------------------------------------------------------------------------
+def candidates(cfg: TrainConfig, names: list[str] | None, sizes: list[int] | None) -> list[Candidate]:
+    """Every (source, input size) to assess. Sources: ``names``, else the config's, else EfficientNet-Lite0.
+    Sizes: ``sizes``, else the config's ``input_size`` for a configured source, else the source's native size.
+    A configured source keeps its weights and input scale; BatchNorm always runs on its running statistics."""
+    configured = {s.name: s for s in cfg.sources}
+    names = names or list(configured) or [DEFAULT_SOURCE]
+    out = []
+    for name in names:
+        base = replace(configured.get(name, SourceConfig(name=name)), bn_mode="eval", resize_factor=None)
+        for size in sizes or [configured[name].input_size if name in configured else None]:
+            label = f"{name} at {size} px" if size else f"{name} at its default size"
+            out.append(Candidate(replace(base, input_size=size), label))
+    return out
+
+
+def build(candidate: Candidate, spec: DatasetSpec) -> Source:
+    """The frozen source; without a size, at its native size when it declares one (else the target's)."""
+    source = build_source(candidate.config, spec.mean, spec.std)
+    if candidate.config.input_size is None and source.native_size:
+        candidate.config = replace(candidate.config, input_size=source.native_size)
+        source = build_source(candidate.config, spec.mean, spec.std)
+    if candidate.config.input_size is None:
+        candidate.label = f"{candidate.config.name} at {spec.image_size} px"
+    else:
+        candidate.label = f"{candidate.config.name} at {candidate.config.input_size} px"
+    return source
+
+
+# --- one source ----------------------------------------------------------------------------------------------------
+def assess(candidate: Candidate, spec: DatasetSpec, split: TrainSplit, cfg: TrainConfig, show: bool) -> dict:
+    """Probe validation accuracy, scores and timings of one candidate (features from the cache when there)."""
+    started = time.perf_counter()
+    source = build(candidate, spec)
+    root = cache_root(cfg.cache)
+    wanted = torch.cat([split.labeled, split.val])
+    found = features.source_features(source, spec, wanted, root, cfg.data.eval_batch_size, device_of(cfg), show)
+    (f_l, s_l), (f_v, _) = found.rows(split.labeled), found.rows(split.val)
+    y_l, y_v = spec.train.labels[split.labeled], spec.train.labels[split.val]
+    t_probe = time.perf_counter()
+    fit = linear_eval.choose_l2((f_l, y_l), (f_v, y_v), spec.num_classes, grid=linear_eval.L2_GRID)
+    t_scores = time.perf_counter()
+    row = {
+        "source": candidate.config.name,
+        "input_size": candidate.config.input_size,
+        "label": candidate.label,
+        "feature_dim": int(f_l.shape[1]),
+        "source_classes": int(s_l.shape[1]),
+        "probe_val_acc": round(fit.val_acc[fit.l2], 4),
+        "probe_l2": fit.l2,
+        **transfer_scores(f_l, s_l, y_l, spec.num_classes),
+        "features_cached": found.cached,
+    }
+    done = time.perf_counter()
+    row["seconds"] = {
+        "features": found.seconds,
+        "probe": t_scores - t_probe,
+        "scores": done - t_scores,
+        "total": done - started,
+    }
+    return row
+
+
+def transfer_scores(feats: Tensor, logits: Tensor, labels: Tensor, num_classes: int) -> dict[str, float]:
+    """LogME and H-score on the features, LEEP and NCE on the source's logits, all on the labelled images."""
+    return {
+        "logme": scores.logme(feats, labels, num_classes),
+        "leep": scores.leep(logits, labels, num_classes),
+        "nce": scores.nce(logits, labels, num_classes),
+        "h_score": scores.h_score(feats, labels, num_classes),
+    }
+
+
+def device_of(cfg: TrainConfig) -> str:
+    """Where the sources run: CUDA when the config allows it and one is there, else the CPU."""
+    return "cuda" if cfg.accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available() else "cpu"
+
+
+# --- the reference -------------------------------------------------------------------------------------------------
+SPLIT_FIELDS = ("data.name", "data.labels_per_class", "data.val_per_class", "data.val_seed", "data.image_size")
+
+
+def split_identity(cfg: TrainConfig) -> dict:
+    """What decides the labelled and validation images and the target: the fields a reference must share."""
+    data = cfg.data
+    fields = {f: getattr(data, f.split(".")[1]) for f in SPLIT_FIELDS}
+    return fields | {"subset seed": cfg.seed if data.subset_seed is None else data.subset_seed, "model": cfg.model.name}
+
+
+def read_reference(path: str, cfg: TrainConfig, source: str) -> dict:
+    """The validation accuracy of a finished run at ``path`` (its validation-chosen ``best``), refusing a run
+    whose labels, validation split or target differ from ``cfg``'s."""
+    run = RunDir(path)
+    if not run.is_finished():
+        raise UserError(f"--reference {path!r} is not a finished run (no readable summary.json)")
+    summary = run.read_summary()
+    if "val_acc" not in summary.get("best", {}):
+        raise UserError(f"--reference {path!r} has no validation accuracy: train it with data.val_per_class set")
+    note = "its config.yaml is missing, so its split was not checked"
+    if run.config.is_file():
+        stored, ours = split_identity(run.read_config()), split_identity(cfg)
+        differ = [f"{k} ({stored[k]} vs {ours[k]})" for k in ours if stored[k] != ours[k]]
+        if differ:
+            raise UserError(f"--reference {path!r} differs from the config in: {', '.join(differ)}")
+        note = "same labels, validation split and target"
+    return {
+        "val_acc": float(summary["best"]["val_acc"]),
+        "run": str(path),
+        "how": source,
+        "method": summary.get("method"),
+        "epochs": summary.get("best_epoch"),
+        "seconds": summary.get("wall_seconds"),
+        "note": note,
+    }
+
+
+def reference_config(cfg: TrainConfig, out: Path, epochs: int | None) -> TrainConfig:
+    """Scratch + EMA on the config's data and target: no sources, no unlabelled pool, EMA 0.999 unless set."""
+    ref = copy.deepcopy(cfg)
+    ref.method = MethodConfig(name="scratch", primary_loss=cfg.method.primary_loss)
+    ref.sources, ref.cache.enabled = [], False
+    ref.data.unlabeled, ref.data.unlabeled_ratio = None, 0
+    ref.ema = EMAConfig(decay=cfg.ema.decay or REFERENCE_EMA, warmup=cfg.ema.warmup)
+    ref.epochs, ref.out = epochs or cfg.epochs, str(out / "reference")
+    return ref
+
+
+def reference(cfg: TrainConfig, args: argparse.Namespace, out: Path) -> dict:
+    """``--reference``, else a finished ``<out>/reference``, else scratch + EMA trained there now (resumed when a
+    previous advise stopped part-way)."""
+    if args.reference:
+        return read_reference(args.reference, cfg, "given")
+    ref = reference_config(cfg, out, args.reference_epochs)
+    run = RunDir(ref.out)
+    if run.is_finished():
+        return read_reference(ref.out, cfg, "reused")
+    ref.resume = run.has_progress()
+    summary = train(ref)
+    return {
+        "val_acc": float(summary["best"]["val_acc"]),
+        "run": ref.out,
+        "how": "trained",
+        "method": "scratch + EMA",
+        "epochs": ref.epochs,
+        "seconds": summary.get("wall_seconds"),
+        "note": f"trained here for {ref.epochs} epochs (EMA decay {ref.ema.decay})",
+    }
+
+
+# --- the verdict ---------------------------------------------------------------------------------------------------
+def noise_points(p1: float, p2: float, n: int) -> float:
+    """One standard error, in points, of the difference of two accuracies p1, p2 (percent) each measured on the same
+    n validation images, treated as independent: ``100 sqrt((q1 (1 - q1) + q2 (1 - q2)) / n)`` with q = p / 100.
+    A rough yardstick (the two classifiers' errors are correlated, which makes the true one smaller)."""
+    q1, q2 = p1 / 100, p2 / 100
+    return 100 * math.sqrt((q1 * (1 - q1) + q2 * (1 - q2)) / max(n, 1))
+
+
+def sentence(row: dict) -> str:
+    """One plain sentence from a row's headroom and its noise."""
+    h, noise, label = row["headroom"], row["noise"], row["label"]
+    if h <= 0:
+        return f"{label}: no headroom ({h:+.1f} points): scratch + EMA is the pick"
+    if h <= noise:
+        return (
+            f"{label}: {h:+.1f} points of headroom, within the validation noise (+-{noise:.1f}); it may help: "
+            "try kd and sskt against scratch + EMA"
+        )
+    return f"{label}: {h:+.1f} points of headroom, likely to help; try kd and sskt"
+
+
+def rank(rows: list[dict], ref_acc: float, n_val: int) -> list[dict]:
+    """Headroom, noise, sentence and rank of every row, best headroom first."""
+    for row in rows:
+        row["headroom"] = row["probe_val_acc"] - ref_acc
+        row["noise"] = noise_points(row["probe_val_acc"], ref_acc, n_val)
+        row["sentence"] = sentence(row)
+    rows = sorted(rows, key=lambda r: -r["headroom"])
+    for i, row in enumerate(rows, 1):
+        row["rank"] = i
+    return rows
+
+
+def verdict(rows: list[dict]) -> str:
+    """The one line over all sources."""
+    if not rows or rows[0]["headroom"] <= 0:
+        return "no source has headroom: scratch + EMA is the pick"
+    return f"best: {rows[0]['sentence']}"
+
+
+# --- output --------------------------------------------------------------------------------------------------------
+def table(result: dict) -> Table:
+    """The terminal table: one line per source and size, ranked."""
+    ref = result["reference"]
+    t = Table(title=f"sskt advise: {result['dataset']}, reference scratch + EMA {ref['val_acc']:.1f}% ({ref['how']})")
+    for name in ("#", "source", "probe val %", "headroom", "LogME", "LEEP", "NCE", "H-score", "seconds"):
+        t.add_column(name, justify="left" if name == "source" else "right")
+    for r in result["rows"]:
+        cached = " (cached)" if r["features_cached"] else ""
+        t.add_row(
+            str(r["rank"]), r["label"], f"{r['probe_val_acc']:.1f}", f"{r['headroom']:+.1f} +-{r['noise']:.1f}",
+            f"{r['logme']:.3f}", f"{r['leep']:.3f}", f"{r['nce']:.3f}", f"{r['h_score']:.2f}",
+            f"{r['seconds']['total']:.1f}{cached}",
+        )  # fmt: skip
+    return t
+
+
+def write_outputs(result: dict, out: Path) -> None:
+    """``advise.json`` and ``advise.png`` (headroom per source and size) in ``out``."""
+    write_text_atomic(out / "advise.json", json.dumps(result, indent=2) + "\n")
+    bars = {r["label"]: r["headroom"] for r in result["rows"]}
+    ref = result["reference"]["val_acc"]
+    signed_bars(bars, out / "advise.png", f"headroom over scratch + EMA ({ref:.1f}% val)", "probe - reference (points)")
+
+
+def show(result: dict, console: Console) -> None:
+    """The table, one sentence per source, and the verdict."""
+    console.print(table(result))
+    lines = [f"  {row['sentence']}" for row in result["rows"]] + [result["verdict"]]
+    lines.append(f"reference: {result['reference']['note']}; wrote {result['out']}/advise.json and advise.png")
+    for line in lines:
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
+
+
+# --- the command ---------------------------------------------------------------------------------------------------
+def advise(args: argparse.Namespace, cfg: TrainConfig, console: Console) -> dict:
+    """Assess every candidate, get the reference, rank, and return the result (written by the caller)."""
+    started = time.perf_counter()
+    out = Path(args.out)
+    spec = build_dataset(cfg.data)
+    check_task(cfg, spec)
+    split = train_split(spec, cfg)
+    todo = candidates(cfg, args.sources, args.input_sizes)
+    ref = read_reference(args.reference, cfg, "given") if args.reference else None  # bad input before any work
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rows = []
+    for i, candidate in enumerate(todo, 1):
+        console.print(f"[{i}/{len(todo)}] {candidate.label}", soft_wrap=True, markup=False, highlight=False)
+        rows.append(assess(candidate, spec, split, cfg, cfg.progress))
+    ref = ref or reference(cfg, args, out)
+    rows = rank(rows, ref["val_acc"], len(split.val))
+    return {
+        "dataset": spec.name,
+        "num_classes": spec.num_classes,
+        "labeled": len(split.labeled),
+        "validation": len(split.val),
+        "labels_per_class": cfg.data.labels_per_class,
+        "reference": ref,
+        "rows": rows,
+        "verdict": verdict(rows),
+        "rule": RULE,
+        "seconds": time.perf_counter() - started,
+        "out": str(out),
+    }
+
+
+def advise_main(argv: list[str]) -> int:
+    """``sskt advise --config my.yaml [--sources a b] [--input-sizes 64 224] [--reference RUN] [--out DIR]``."""
+    if not argv or any(a in ("-h", "--help") for a in argv):
+        parser().print_help()
+        print("Other --dotted.key value options override the config, as in `sskt train`.")
+        return 0 if argv else 2
+    args, cfg = parse_args(argv)
+    console = Console() if sys.stdout.isatty() else Console(width=160)  # a log file: do not fold the table
+    result = advise(args, cfg, console)
+    write_outputs(result, Path(args.out))
+    show(result, console)
+    return 0
