@@ -80,6 +80,8 @@ class RunDir:
             raise UserError(f"--out {str(self.root)!r} cannot be written ({str(existing)!r} is read-only)")
         if not cfg.resume and self.records.exists() and self.records.stat().st_size > 0:
             raise UserError(f"run directory {str(self.root)!r} already has records; set --resume true or pick --out")
+        if cfg.resume:
+            self._check_checkpoint_kept()
         if cfg.resume and self.config.is_file():
             stored = self.read_config()
             changes = config_changes(config_to_dict(stored), config_to_dict(cfg))
@@ -91,6 +93,21 @@ class RunDir:
                     f"--resume true on {str(self.root)!r} with other settings than it was trained with: "
                     f"{'; '.join(changes[:3])}{more}; resume with the stored config.yaml or pick another --out"
                 )
+
+    def _check_checkpoint_kept(self) -> None:
+        """A resume needs ``last.pt`` once the run is past its first epoch: without it ``--resume true`` would
+        retrain every epoch from scratch and rewrite the records of a run that may have finished. Only a run killed
+        between its first record and its first checkpoint has records and legitimately no checkpoint."""
+        if self.checkpoint.is_file():
+            return
+        epochs = max((r.get("epoch", 0) for r in self.read_records()), default=0)
+        if self.is_finished() or epochs > 1:
+            state = "finished" if self.is_finished() else f"trained {epochs} epochs"
+            raise UserError(
+                f"--resume true on {str(self.root)!r}: the run {state} but {CHECKPOINT} is missing, so it cannot "
+                "continue and would retrain every epoch; restore the checkpoint, or to retrain from scratch move "
+                "the folder away (or delete its records.jsonl and summary.json) and train without --resume"
+            )
 
     def prepare(self, cfg: TrainConfig) -> None:
         """Write ``config.yaml`` (after ``check``, once every other check has passed)."""
