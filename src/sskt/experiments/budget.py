@@ -12,25 +12,54 @@ scratch run varies across seeds (a run timed on another machine, or beside heavi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sskt.experiments.plots import learning_curves
-from sskt.experiments.runs import Run
+from sskt.experiments.runs import Run, load_run
 from sskt.experiments.stats import Summary, paired_diff, summarize
 
 BUDGET_FACTORS = (1, 2, 4)
 
 
 def timed_records(run: Run) -> list[dict]:
-    """The run's records with ``train_seconds``, summed from ``epoch_seconds`` for runs recorded before the field."""
-    total, out = 0.0, []
+    """The run's records with ``train_seconds`` as its cost so far: the training steps' seconds (summed from
+    ``epoch_seconds`` for runs recorded before the field), precise BN's so far, and what the run needed before its
+    first step (``overhead_seconds``: its soft-label cache's build, its teacher's fitting)."""
+    total, bn, out = 0.0, 0.0, []
+    overhead = overhead_seconds(run)
     for record in run.records:
         total += float(record.get("epoch_seconds") or 0.0)
-        out.append({"train_seconds": total, **record})
+        bn = float(record.get("precise_bn_seconds", bn))
+        steps = float(record.get("train_seconds", total))
+        out.append({**record, "train_seconds": steps + bn + overhead})
     return out
+
+
+def overhead_seconds(run: Run) -> float:
+    """Seconds a run paid before training that a user running it alone pays too: building the soft-label cache it
+    reads (every run that reads a cache is charged its whole build), and its KD teacher's training cost."""
+    teacher = run.config.get("method.kd.teacher")
+    cost = float(run.summary.get("cache_build_seconds") or 0.0)
+    if isinstance(teacher, str) and teacher.startswith("checkpoint:"):
+        cost += teacher_seconds(Path(teacher.removeprefix("checkpoint:")))
+    return cost
+
+
+@functools.cache
+def teacher_seconds(path: Path) -> float:
+    """A teacher run's training cost: its steps, precise BN, an L-BFGS probe's fit (features included) and its own
+    cache; 0 when ``path`` holds no finished run (a teacher whose records are not in this checkout)."""
+    if not (path / "summary.json").is_file():
+        return 0.0
+    run = load_run(path)
+    last = run.records[-1] if run.records else {}
+    steps = sum(float(r.get("epoch_seconds") or 0.0) for r in run.records)
+    extras = ("precise_bn_seconds", "probe_fit_seconds")
+    return steps + sum(float(last.get(k) or 0.0) for k in extras) + float(run.summary.get("cache_build_seconds") or 0.0)
 
 
 def chosen_within(run: Run, seconds: float, val: str, test: str) -> tuple[float, float] | None:
@@ -159,9 +188,11 @@ say that they mix machines or loads."""
 
 
 def seconds_per_epoch(run: Run) -> float | None:
-    """The run's mean training seconds per epoch."""
-    records = timed_records(run)
-    return records[-1]["train_seconds"] / len(records) if records else None
+    """The run's mean seconds per training epoch (its steps alone: the machine's speed, not its overheads)."""
+    if not run.records:
+        return None
+    steps = run.records[-1].get("train_seconds") or sum(float(r.get("epoch_seconds") or 0) for r in run.records)
+    return float(steps) / len(run.records)
 
 
 def seed_budgets(scratch) -> dict[int, float]:  # noqa: ANN001 - report.Group
