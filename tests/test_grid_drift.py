@@ -127,3 +127,52 @@ def test_runs_made_when_sskt_fields_were_flat_read_as_the_sskt_block(tmp_path: P
     ]
     with pytest.raises(UserError, match=r"method.sskt.temperature: 1.0 -> 3.0"):
         run_grid(load_grid(_grid(tmp_path, **{"method.sskt.temperature": 3.0})), out, runner=_no_runs)
+
+
+# --- issue 26, item 2: a grid compares what its finished cells read, not only their settings ------------------
+def _data_grid(tmp_path: Path, data_root: Path, **extra: object) -> Path:
+    base = {"epochs": 1, "data.root": str(data_root), "data.download": False, "data.labels_per_class": 4,
+            "data.batch_size": 20, "accelerator": "cpu", "optim.schedule": "constant", **extra}  # fmt: skip
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({"base": [base], "axes": {"optim.lr": [0.05]}, "seeds": [0]}, sort_keys=False))
+    return path
+
+
+def _train_cells(grid_path: Path, out: Path) -> None:
+    from sskt.cli import main
+
+    for cell in expand(load_grid(grid_path)):
+        assert main(["train", *train_argv(cell, out / cell.name, threads=1)]) == 0
+
+
+def test_a_finished_cell_whose_data_changed_under_the_same_root_stops_the_grid(small_fmnist, tmp_path) -> None:
+    import shutil
+
+    from conftest import _write_idx
+
+    from sskt.data.datasets import read_idx
+
+    data = Path(shutil.copytree(small_fmnist, tmp_path / "data"))
+    grid, out = _data_grid(tmp_path, data), tmp_path / "runs"
+    _train_cells(grid, out)
+    run_grid(load_grid(grid), out, runner=_no_runs)  # unchanged: skipped
+    labels = data / "train-labels-idx1-ubyte.gz"
+    _write_idx(labels, (read_idx(labels).long() + 1) % 10)
+    with pytest.raises(UserError, match=r"ran with other settings.*the train data"):
+        run_grid(load_grid(grid), out, runner=_no_runs)
+
+
+def test_a_cell_without_recorded_inputs_compares_the_resolved_data_root(small_fmnist, tmp_path, monkeypatch) -> None:
+    """Cells made before last.pt recorded its inputs (here: checkpoint deleted) fall back on data.root; a path
+    written another way (a symlink) is no change."""
+    import shutil
+
+    grid, out = _data_grid(tmp_path, small_fmnist), tmp_path / "runs"
+    _train_cells(grid, out)
+    for cell in out.iterdir():
+        shutil.rmtree(cell / "checkpoints")
+    (tmp_path / "link").symlink_to(small_fmnist)
+    run_grid(load_grid(_data_grid(tmp_path, tmp_path / "link")), out, runner=_no_runs)
+    other = Path(shutil.copytree(small_fmnist, tmp_path / "other"))
+    with pytest.raises(UserError, match=r"data\.root: .* -> .*other"):
+        run_grid(load_grid(_data_grid(tmp_path, other)), out, runner=_no_runs)
