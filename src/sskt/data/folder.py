@@ -70,12 +70,47 @@ def decode_image(path: Path, size: tuple[int, int]) -> Tensor:
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Every image file under ``folder`` at any depth, sorted by path (a stable index order)."""
-    found = []
-    for dirpath, _, names in os.walk(folder, followlinks=True):
-        found += [Path(dirpath) / n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+def image_files(folder: Path, avoid: frozenset[tuple[int, int]] = frozenset()) -> list[Path]:
+    """Every image file under ``folder`` at any depth, sorted by path (a stable index order). Symbolic links are
+    followed, but each real directory is walked once (a link back up the tree would count every image again, or
+    never end), and only regular files count (a FIFO named ``x.png`` would block the first read forever); what was
+    left out is said in one warning. ``avoid``: (device, inode) of directories not to enter (the other class
+    folders of a tree, whose images a link must not relabel)."""
+    found: list[Path] = []
+    skipped: list[str] = []
+    _walk(Path(folder), found, skipped, set(avoid))
+    if skipped:
+        more = f" (+{len(skipped) - 3} more)" if len(skipped) > 3 else ""
+        warnings.warn(f"skipped under {str(folder)!r}: {', '.join(skipped[:3])}{more}", stacklevel=2)
     return sorted(found)
+
+
+def _walk(folder: Path, found: list[Path], skipped: list[str], seen: set[tuple[int, int]]) -> None:
+    """Add the image files under ``folder`` to ``found`` and what was left out to ``skipped``; ``seen`` holds the
+    (device, inode) of every directory walked so far."""
+    try:
+        info = folder.stat()
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        skipped.append(f"{str(folder)!r} ({exc.strerror or type(exc).__name__})")
+        return
+    if (info.st_dev, info.st_ino) in seen:
+        skipped.append(f"{str(folder)!r} (a directory already walked: a symlink loop or a second link)")
+        return
+    seen.add((info.st_dev, info.st_ino))
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            is_dir, is_file = entry.is_dir(), entry.is_file()  # both follow symbolic links
+        except OSError:
+            is_dir = is_file = False
+        if is_dir:
+            _walk(path, found, skipped, seen)
+        elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+            if is_file:
+                found.append(path)
+            else:
+                skipped.append(f"{str(path)!r} (not a regular file)")
 
 
 def unlabeled_folder(folder: str | Path, size: tuple[int, int], skip_bad: bool = False) -> FolderImageSet:
@@ -99,8 +134,10 @@ def class_tree(
         if name not in classes:
             raise UserError(f"class folder {str(folder / name)!r} is not a training class; valid: {', '.join(classes)}")
     files, labels = [], []
+    tree = {_dir_id(folder), *(_dir_id(folder / name) for name in subdirs)}
     for name in subdirs:
-        found, broken = scan_images(image_files(folder / name), folder / name)
+        avoid = frozenset(tree - {_dir_id(folder / name)})
+        found, broken = scan_images(image_files(folder / name, avoid), folder / name)
         if bad is not None:
             bad += broken
         if train and not found:
@@ -110,6 +147,11 @@ def class_tree(
     if not files:
         raise UserError(f"image folder {str(folder)!r} holds no images in its class folders")
     return FolderImageSet(files, torch.tensor(labels, dtype=torch.long), size, folder)
+
+
+def _dir_id(folder: Path) -> tuple[int, int]:
+    info = folder.stat()
+    return info.st_dev, info.st_ino
 
 
 def scan_record(folder: Path) -> Path:
