@@ -139,3 +139,66 @@ def test_the_faithful_source_input_is_0_255_minus_the_activitynet_mean() -> None
     assert faithful.fingerprint()["input_scale"] == "activitynet"
     corrected = build_source(SourceConfig(name="efficientnet_lite0.imagenet"), (0.5,) * 3, (0.25,) * 3)
     assert "input_scale" not in corrected.fingerprint(), "caches made before the option stay valid"
+
+
+# --- issue 26, item 11: the video validation metric -----------------------------------------------------------
+def _clips(n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 3, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def test_one_clip_per_video_gives_the_clip_accuracy() -> None:
+    """1-D labels (a validation split): every clip is its own video, over batches, so video_acc equals acc (the
+    bug gave every clip one float32 id: one video for the whole split)."""
+    logits, labels = _clips()
+    metrics = VideoMetrics(3)
+    for part in range(0, 40, 16):
+        metrics.update(logits[part : part + 16], labels[part : part + 16])
+    out = metrics.compute()
+    assert out["video_acc"] == pytest.approx(out["acc"]) and 0 < out["acc"] < 100
+
+
+def test_video_ids_beyond_float32_precision_stay_apart() -> None:
+    logits, labels = _clips()
+    metrics = VideoMetrics(3)
+    metrics.update(logits, torch.stack([labels, torch.arange(40) + (1 << 40)], 1))
+    out = metrics.compute()
+    assert out["video_acc"] == pytest.approx(out["acc"])
+
+
+def _rank_metrics(rank: int, world: int, port: int, queue) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        logits, labels = _clips()
+        metrics = VideoMetrics(3)
+        metrics.update(logits[rank::world], labels[rank::world])  # evaluation's sharding
+        queue.put((rank, metrics.compute()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_clip_per_video_under_two_processes_matches_one_process() -> None:
+    """Each rank numbered its own clips 0.. before: the ranks' clips collided into shared videos."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_rank_metrics, args=(r, 2, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(30)
+    logits, labels = _clips()
+    one = VideoMetrics(3)
+    one.update(logits, labels)
+    expected = one.compute()
+    for out in results.values():
+        assert out["video_acc"] == pytest.approx(expected["video_acc"]) == pytest.approx(expected["acc"])

@@ -138,22 +138,24 @@ def example_ap(scores: Tensor, targets: Tensor) -> float:
 class VideoMetrics(SingleLabelMetrics):
     """Action recognition: clip-level accuracy and loss (``acc``, ``loss``) and the headline ``video_acc``, the
     top-1 of each video's clips' mean softmax. Labels ``[B, 2]`` are (class, video); 1-D labels make every clip
-    its own video (a validation split of one clip per video)."""
+    its own video (a validation split of one clip per video).
+
+    Video ids are kept in float64 (torchmetrics stores states in float32 by default, where ids beyond 2**24 merge),
+    and a clip that is its own video is marked -1 and numbered only in ``compute``, after the ranks' clips are
+    gathered, so that no two ranks (or batches) give two clips one id."""
 
     headline = "video_acc"
 
     def __init__(self, num_classes: int) -> None:
         super().__init__(num_classes)
         self.probs, self.classes, self.videos = (CatMetric(nan_strategy="disable") for _ in range(3))
-        self.seen = 0
+        self.videos.set_dtype(torch.float64)
 
     def update(self, logits: Tensor, labels: Tensor) -> None:
         if labels.dim() == 2:
             classes, videos = labels[:, 0], labels[:, 1]
-        else:  # one clip per video: fresh ids
-            classes = labels
-            videos = torch.arange(self.seen, self.seen + len(labels), device=labels.device) + (1 << 40)
-        self.seen += len(labels)
+        else:  # one clip per video: numbered in compute
+            classes, videos = labels, torch.full_like(labels, OWN_VIDEO)
         super().update(logits, classes)
         self.probs.update(logits.float().softmax(1))
         self.classes.update(classes.double())
@@ -161,12 +163,25 @@ class VideoMetrics(SingleLabelMetrics):
 
     def compute(self) -> dict[str, float]:
         out = super().compute()
-        probs, classes, videos = self.probs.compute(), self.classes.compute().long(), self.videos.compute().long()
-        ids, inverse = torch.unique(videos, return_inverse=True)
+        probs, classes = self.probs.compute(), self.classes.compute().long()
+        ids, inverse = torch.unique(own_videos_numbered(self.videos.compute().long()), return_inverse=True)
         scores = average_by_video(probs, inverse, len(ids))
         truth = torch.zeros(len(ids), dtype=torch.long, device=probs.device).scatter_(0, inverse, classes)
         out["video_acc"] = round(100.0 * (scores.argmax(1) == truth).float().mean().item(), 4)
         return out
+
+
+OWN_VIDEO = -1
+"""The video id of a clip that is a video of its own (1-D labels)."""
+
+
+def own_videos_numbered(videos: Tensor) -> Tensor:
+    """``videos`` with every ``OWN_VIDEO`` clip given an id of its own, above every real id."""
+    own = videos == OWN_VIDEO
+    first = int(videos.max().clamp(min=-1)) + 1 if len(videos) else 0
+    videos = videos.clone()
+    videos[own] = torch.arange(first, first + int(own.sum()), device=videos.device)
+    return videos
 
 
 TASK_METRICS: dict[str, type[TaskMetrics]] = {
