@@ -18,21 +18,25 @@ import math
 from collections.abc import Callable
 
 import torch
-import torchvision.transforms.v2.functional as TF
 from torch import Tensor
-from torchvision.transforms import InterpolationMode
 
 from sskt.config import StrongViewConfig
 from sskt.data.augment import DEFAULT_PADDING, Augment, AugOp, HFlip, RandomCrop, fit_ops
 from sskt.data.datasets import stored_shape
 from sskt.data.spec import DatasetSpec
 
-NEAREST = InterpolationMode.NEAREST
+
+def _tf():
+    """torchvision's v2 functional ops, imported on first use: importing torchvision loads torch._dynamo (over a
+    second), which ``sskt predict`` should not pay for the sake of FixMatch's strong views."""
+    import torchvision.transforms.v2.functional as tf
+
+    return tf
 
 
 def _affine(x: Tensor, **kw) -> Tensor:
     base = {"angle": 0.0, "translate": [0, 0], "scale": 1.0, "shear": [0.0, 0.0]}
-    return TF.affine(x, **(base | kw), interpolation=NEAREST, fill=0, center=[0.0, 0.0])
+    return _tf().affine(x, **(base | kw), interpolation=_tf().InterpolationMode.NEAREST, fill=0, center=[0.0, 0.0])
 
 
 def _shear(m: float) -> float:
@@ -42,15 +46,15 @@ def _shear(m: float) -> float:
 # name -> f(images uint8 [n, C, H, W], signed magnitude in [-1, 1]) -> images
 OPS: dict[str, Callable[[Tensor, float], Tensor]] = {
     "identity": lambda x, m: x,
-    "autocontrast": lambda x, m: TF.autocontrast(x),
-    "equalize": lambda x, m: TF.equalize(x),
-    "brightness": lambda x, m: TF.adjust_brightness(x, 1 + 0.9 * m),
-    "color": lambda x, m: TF.adjust_saturation(x, 1 + 0.9 * m),
-    "contrast": lambda x, m: TF.adjust_contrast(x, 1 + 0.9 * m),
-    "sharpness": lambda x, m: TF.adjust_sharpness(x, 1 + 0.9 * m),
-    "posterize": lambda x, m: TF.posterize(x, 8 - round(4 * abs(m))),
-    "solarize": lambda x, m: TF.solarize(x, 255.0 * (1 - abs(m))),
-    "rotate": lambda x, m: TF.rotate(x, 30.0 * m, interpolation=NEAREST, fill=0),
+    "autocontrast": lambda x, m: _tf().autocontrast(x),
+    "equalize": lambda x, m: _tf().equalize(x),
+    "brightness": lambda x, m: _tf().adjust_brightness(x, 1 + 0.9 * m),
+    "color": lambda x, m: _tf().adjust_saturation(x, 1 + 0.9 * m),
+    "contrast": lambda x, m: _tf().adjust_contrast(x, 1 + 0.9 * m),
+    "sharpness": lambda x, m: _tf().adjust_sharpness(x, 1 + 0.9 * m),
+    "posterize": lambda x, m: _tf().posterize(x, 8 - round(4 * abs(m))),
+    "solarize": lambda x, m: _tf().solarize(x, 255.0 * (1 - abs(m))),
+    "rotate": lambda x, m: _tf().rotate(x, 30.0 * m, interpolation=_tf().InterpolationMode.NEAREST, fill=0),
     "shear_x": lambda x, m: _affine(x, shear=[_shear(0.3 * m), 0.0]),
     "shear_y": lambda x, m: _affine(x, shear=[0.0, _shear(0.3 * m)]),
     "translate_x": lambda x, m: _affine(x, translate=[round(0.3 * m * x.shape[-1]), 0]),

@@ -16,13 +16,8 @@ from pathlib import Path
 
 from sskt.config import TrainConfig
 from sskt.config_io import config_changes, config_to_dict, parse_train_args
-from sskt.data import TrainStream, build_dataset
-from sskt.engine.checkpoint import input_changes, run_inputs, split_digest, stored_inputs, stream_splits
-from sskt.engine.loop import resolve_paths
 from sskt.errors import UserError
-from sskt.methods import METHODS
 from sskt.rundir import RunDir
-from sskt.sources.base import build_source
 
 
 def cell_changes(argv: list[str], cell_dir: Path) -> list[str]:
@@ -50,6 +45,11 @@ def cell_input_changes(argv: list[str], cell_dir: Path) -> list[str]:
     (where the data lives), so the data's content digest and every frozen network's weights digest, as its
     ``last.pt`` recorded them, are compared with those the grid's command reads now. A cell without recorded inputs
     (no checkpoint, or one made before sskt recorded them) compares the resolved ``data.root`` instead."""
+    # The engine is imported here, where a grid has finished cells to check: at the top it would cost every
+    # `sskt grid --help` the whole training stack (torch, torchvision, torchmetrics; issue 29).
+    from sskt.engine.checkpoint import input_changes, stored_inputs
+    from sskt.engine.loop import resolve_paths
+
     run = RunDir(cell_dir)
     cfg = resolve_paths(parse_train_args(argv))
     try:
@@ -79,6 +79,11 @@ def _memo(key: object, build: Callable[[], object]) -> object:
 
 def _inputs_now(cfg: TrainConfig) -> dict:
     """``run_inputs`` of a run of ``cfg`` as it would start now (nothing downloaded, nothing trained)."""
+    from sskt.data import TrainStream, build_dataset
+    from sskt.engine.checkpoint import run_inputs, split_digest, stream_splits
+    from sskt.methods import METHODS
+    from sskt.sources.base import build_source
+
     data = dataclasses.replace(cfg.data, download=False)
     spec = _memo(("data", dataclasses.asdict(data)), lambda: build_dataset(data))
     stream = TrainStream(spec, data, cfg.seed)

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from sskt.errors import UserError
 from sskt.models.base import MODELS, Backbone, StageInfo
+
+if TYPE_CHECKING:  # imported where a network is built: importing torchvision costs over a second (torch._dynamo)
+    import torchvision
 
 # Side of the dry-forward probe: divisible by 32 (the deepest stride) and large enough for every stem.
 PROBE_SIZE = 64
@@ -100,6 +103,8 @@ SPLITTERS: dict[str, Callable[[nn.Module], list[nn.Module]]] = {
 def load_torchvision(name: str, pretrained: bool) -> nn.Module:
     """The torchvision classifier ``name``, with its DEFAULT ImageNet weights when ``pretrained`` (downloads once
     into the torch hub cache); an offline failure raises a one-line UserError saying where to put the file."""
+    import torchvision
+
     if not pretrained:
         return torchvision.models.get_model(name, weights=None)
     weights = torchvision.models.get_model_weights(name).DEFAULT
@@ -120,6 +125,8 @@ def vgg16_bn_features() -> nn.Module:
     Building the full torchvision VGG would draw a 25088 x 4096 classifier (102M parameters, seconds on a CPU) only
     to drop it.
     """
+    import torchvision
+
     features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"], batch_norm=True)
     for m in features.modules():
         if isinstance(m, nn.Conv2d):

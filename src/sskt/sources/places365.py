@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import torchvision
-
 from sskt.sources.base import SOURCES, Pretrained
 from sskt.sources.weights import load_into, load_weights
 
@@ -24,6 +22,8 @@ def places365_source(arch: str, weights: str | None = None) -> Pretrained:
     """
     what = f"source '{arch}.places365'"
     state = load_weights(weights, PLACES_URL.format(arch=arch), what)
+    import torchvision  # here, not at the top: importing it costs over a second (torch._dynamo)
+
     net = load_into(torchvision.models.get_model(arch, weights=None, num_classes=365), state, what)
     return Pretrained(net, IMAGENET_MEAN, IMAGENET_STD, 365, 224)
 

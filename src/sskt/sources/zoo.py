@@ -18,14 +18,16 @@ import difflib
 from functools import partial
 from typing import Any
 
-import torchvision
-
 from sskt.errors import UserError, choice_error
 from sskt.sources.base import SOURCES, Pretrained
 from sskt.sources.weights import load_into, load_weights
 
 # Shown by name in `sskt list sources`; every other torchvision classifier works as '<arch>.imagenet' too.
 LISTED_TORCHVISION = ("resnet18", "resnet34", "resnet50", "vgg16")
+LISTED_NEWER_DEFAULT = ("resnet50",)
+"""The listed architectures whose DEFAULT weights are not IMAGENET1K_V1, so '<arch>.imagenet_v1' is listed too.
+Spelled out because registering must not import torchvision (over a second: torch._dynamo), which every command
+that loads a trained network would pay; tests/test_startup.py checks it against torchvision."""
 
 WEIGHT_TAGS = {"imagenet": "DEFAULT", "imagenet_v1": "IMAGENET1K_V1"}
 """Source-name suffix -> torchvision weights entry."""
@@ -33,6 +35,8 @@ WEIGHT_TAGS = {"imagenet": "DEFAULT", "imagenet_v1": "IMAGENET1K_V1"}
 
 def torchvision_archs() -> list[str]:
     """Names of torchvision's ImageNet classifiers (detection, segmentation and video models excluded)."""
+    import torchvision
+
     return torchvision.models.list_models(module=torchvision.models)
 
 
@@ -53,6 +57,8 @@ def torchvision_weights(arch: str, tag: str = "DEFAULT") -> Any:
     archs = torchvision_archs()
     if arch not in archs:
         raise choice_error("torchvision ImageNet architecture", arch, archs)
+    import torchvision
+
     entries = torchvision.models.get_model_weights(arch)
     if tag == "DEFAULT":
         return entries.DEFAULT
@@ -65,6 +71,8 @@ def torchvision_source(arch: str, weights: str | None = None, suffix: str = "ima
     """torchvision ``arch`` with the ImageNet weights its suffix names (``WEIGHT_TAGS``), or ``weights``: a local
     file or URL holding them."""
     entry = torchvision_weights(arch, WEIGHT_TAGS[suffix])
+    import torchvision
+
     net = torchvision.models.get_model(arch, weights=None, **_builder_kwargs(arch, entry))
     what = f"source '{arch}.{suffix}' ({entry.name})"
     load_into(net, load_weights(weights, entry.url, what), what)
@@ -76,7 +84,7 @@ for _suffix in WEIGHT_TAGS:
     SOURCES.register_suffix(f".{_suffix}", label="<torchvision arch>")(partial(torchvision_source, suffix=_suffix))
 for _arch in LISTED_TORCHVISION:
     SOURCES.register(f"{_arch}.imagenet")(partial(torchvision_source, _arch))
-    if torchvision_weights(_arch).name != "IMAGENET1K_V1":  # listed where it differs from DEFAULT (resnet50)
+    if _arch in LISTED_NEWER_DEFAULT:
         SOURCES.register(f"{_arch}.imagenet_v1")(partial(torchvision_source, _arch, suffix="imagenet_v1"))
 
 
