@@ -185,3 +185,104 @@ def test_a_network_with_nan_weights_neither_predicts_nor_exports(sskt_run, colou
     assert "non-finite" in error_line(capsys, ["predict", str(broken), str(image)])
     assert "non-finite" in error_line(capsys, _export(RunDir(broken), tmp_path / "m.safetensors"))
     assert not (tmp_path / "m.safetensors").exists()
+
+
+# --- issue 26, items 12-15: a trained model is input too --------------------------------------------------------
+def _copy_run(sskt_run, tmp_path, **card_changes) -> str:
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(sskt_run["run"].root, run)
+    card = json.loads((run / "model.json").read_text())
+    (run / "model.json").write_text(json.dumps({**card, **card_changes}))
+    return str(run)
+
+
+def _one_image(colour_folder) -> str:
+    return str(next((colour_folder / "test" / "c0").glob("*.png")))
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"input_size": 0}, "input_size"),
+        ({"input_size": -3}, "input_size"),
+        ({"input_size": 100000}, "input_size"),
+        ({"num_classes": "10"}, "num_classes"),
+        ({"num_classes": 1e12}, "num_classes"),
+        ({"class_names": ["a", "b", "c"]}, "class_names"),
+        ({"class_names": "c0c1c2c3"}, "class_names"),
+        ({"task": "regression"}, "task"),
+        ({"stored_size": [100000, 100000]}, "stored_size"),
+        ({"format": 0}, "format"),
+        ({"std": [0, 1, 1]}, "std"),
+        ({"channels": 2}, "channels"),
+    ],
+)
+def test_a_card_outside_its_schema_is_one_line_naming_the_field(
+    sskt_run, colour_folder, tmp_path, capsys, changes, field
+):
+    run = _copy_run(sskt_run, tmp_path, **changes)
+    line = error_line(capsys, ["predict", run, _one_image(colour_folder)])
+    assert f"{field} " in line and "must be" in line
+    assert field in error_line(capsys, ["export", run, "--format", "safetensors", "--out", str(tmp_path / "m")])
+
+
+def test_a_card_from_a_newer_sskt_is_refused(sskt_run, colour_folder, tmp_path, capsys) -> None:
+    run = _copy_run(sskt_run, tmp_path, format=99)
+    assert "card format 99" in error_line(capsys, ["predict", run, _one_image(colour_folder)])
+
+
+def test_class_names_with_control_characters_are_escaped_in_text_output(sskt_run, colour_folder, tmp_path, capsys):
+    forged = "c0\nforged.png: c3 1.000\x1b[2K"
+    run = _copy_run(sskt_run, tmp_path, class_names=[forged, forged, forged, forged])
+    assert main(["predict", run, _one_image(colour_folder), "--topk", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "\x1b" not in out and "\\n" in out and "\\x1b" in out
+    assert main(["predict", run, _one_image(colour_folder), "--topk", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top"][0]["class"] == forged
+
+
+@pytest.mark.parametrize("source", ["checkpoint:/etc", "own", "url"])
+def test_a_card_source_outside_its_run_is_not_followed(sskt_run, colour_folder, tmp_path, capsys, source) -> None:
+    run = _copy_run(sskt_run, tmp_path)
+    spec = {"checkpoint:/etc": {"name": "checkpoint:/etc"}, "own": {"name": f"checkpoint:{run}"}}.get(
+        source, {"name": "efficientnet_lite0.imagenet", "weights": "https://example.invalid/w.pth"}
+    )
+    card = json.loads((tmp_path / "copy" / "model.json").read_text())
+    (tmp_path / "copy" / "model.json").write_text(json.dumps({**card, "architecture": "probe", "source": spec}))
+    line = error_line(capsys, ["predict", run, _one_image(colour_folder)])
+    assert "outside the run directory" in line and "--trust_sources" in line
+
+
+def test_a_probe_card_naming_its_own_run_does_not_recurse_even_when_trusted(sskt_run, colour_folder, tmp_path, capsys):
+    run = _copy_run(sskt_run, tmp_path)
+    card = json.loads((tmp_path / "copy" / "model.json").read_text())
+    own = {**card, "architecture": "probe", "source": {"name": f"checkpoint:{run}"}}
+    (tmp_path / "copy" / "model.json").write_text(json.dumps(own))
+    line = error_line(capsys, ["predict", run, _one_image(colour_folder), "--trust_sources"])
+    assert "nest" in line
+
+
+def test_an_image_over_the_pixel_limit_is_one_error_line_and_the_others_run(sskt_run, colour_folder, capsys) -> None:
+    images = sorted((colour_folder / "test" / "c0").glob("*.png"))[:2]
+    status = main(["predict", str(sskt_run["run"].root), *map(str, images), "--max_pixels", "100", "--json"])
+    out, err = capsys.readouterr()
+    assert status == 2 and len(err.strip().splitlines()) == 2 and "over the limit of 100" in err
+    assert "Traceback" not in err and out == ""
+    assert main(["predict", str(sskt_run["run"].root), *map(str, images), "--json"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_a_16_bit_png_is_scaled_by_its_range_not_clipped_to_white(sskt_run, tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from sskt.data.folder import decode_image
+
+    path = tmp_path / "grey16.png"
+    Image.fromarray(np.full((16, 16), 32768, np.uint16)).save(path)
+    assert Image.open(path).mode.startswith("I")
+    _, card = load_trained(sskt_run["run"].root)
+    assert read_image(path, card).float().mean().item() == pytest.approx(128, abs=1)
+    assert decode_image(path, (16, 16)).float().mean().item() == pytest.approx(128, abs=1)

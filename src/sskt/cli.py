@@ -93,24 +93,27 @@ def predict_command(argv: list[str]) -> int:
     parser.add_argument("--topk", type=int, default=5, help="Classes shown per image.")
     parser.add_argument("--batch_size", type=int, default=64, help="Images per forward pass.")
     parser.add_argument("--json", action="store_true", help="One JSON object per image instead of text.")
+    parser.add_argument("--max_pixels", type=int, default=89_478_485, help="Larger images are refused (bombs).")
+    parser.add_argument("--trust_sources", action="store_true", help="Follow a card's sources outside its run.")
     args = parser.parse_args(argv)
-    if args.topk < 1 or args.batch_size < 1:
-        raise UserError(f"--topk and --batch_size must be at least 1, got {args.topk} and {args.batch_size}")
-    from sskt.inference import collect_images, predict
+    if min(args.topk, args.batch_size, args.max_pixels) < 1:
+        raise UserError(f"--topk, --batch_size and --max_pixels must be at least 1, got {args.topk}, "
+                        f"{args.batch_size} and {args.max_pixels}")  # fmt: skip
+    from sskt.inference import collect_images, predict, printable
     from sskt.trained import load_trained
 
-    net, card = load_trained(args.run)
+    net, card = load_trained(args.run, args.trust_sources)
     if card.task == "video":
         raise UserError(f"sskt predict takes images; {args.run!r} is a video model (clips of {card.extra['clip_len']})")
     failed = 0
-    for path, result in predict(collect_images(args.images), net, card, args.topk, args.batch_size):
+    for path, result in predict(collect_images(args.images), net, card, args.topk, args.batch_size, args.max_pixels):
         if isinstance(result, str):
             failed += 1
             print(f"error: {result}", file=sys.stderr)
         elif args.json:
             print(json.dumps({"file": str(path), "top": [{"class": c, "probability": p} for c, p in result]}))
         else:
-            print(f"{path}: " + ", ".join(f"{c} {p:.3f}" for c, p in result))
+            print(f"{printable(path)}: " + ", ".join(f"{printable(c)} {p:.3f}" for c, p in result))
     return 2 if failed else 0
 
 
@@ -128,11 +131,12 @@ def export_command(argv: list[str]) -> int:
     parser.add_argument("--format", type=str, required=True, help=f"One of: {', '.join(EXPORT_FORMATS)}.")
     parser.add_argument("--out", type=str, required=True, help="File to write (an existing one only with --force).")
     parser.add_argument("--force", action="store_true", help="Replace an existing --out (never a run's own files).")
+    parser.add_argument("--trust_sources", action="store_true", help="Follow a card's sources outside its run.")
     args = parser.parse_args(argv)
     check_choice("export format", args.format, EXPORT_FORMATS)
     from sskt.inference import export
 
-    print(json.dumps(export(args.run, args.format, args.out, force=args.force)))
+    print(json.dumps(export(args.run, args.format, args.out, force=args.force, trust_sources=args.trust_sources)))
     return 0
 
 

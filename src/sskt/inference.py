@@ -7,6 +7,7 @@ The network and its card come from ``sskt.trained.load_trained(run)``, which rea
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -21,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
 from sskt.data.augment import Augment, Normalize, fit_ops
-from sskt.data.folder import IMAGE_EXTENSIONS, image_files
+from sskt.data.folder import IMAGE_EXTENSIONS, image_files, to_8bit
 from sskt.errors import UserError
 from sskt.rundir import CHECKPOINT, CONFIG, LOCK, MODEL_CARD, RECORDS, SUMMARY, WEIGHTS
 from sskt.trained import ModelCard, load_trained
@@ -47,19 +48,40 @@ def collect_images(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def read_image(path: Path, card: ModelCard) -> Tensor:
-    """uint8 [C, H, W] at the card's stored size and channels; an unreadable file is a UserError naming it."""
+MAX_PIXELS = 89_478_485
+"""Largest image (width x height) ``predict`` decodes unless told otherwise (PIL's own default limit): a small
+file can decode to gigabytes (a decompression bomb)."""
+
+
+def read_image(path: Path, card: ModelCard, max_pixels: int = MAX_PIXELS) -> Tensor:
+    """uint8 [C, H, W] at the card's stored size and channels; an unreadable file, or one over ``max_pixels``
+    pixels, is a UserError naming it."""
     try:
-        with Image.open(path) as image:
-            pixels = image.convert("L" if card.channels == 1 else "RGB")
+        with _pixel_limit(), Image.open(path) as image:
+            if image.width * image.height > max_pixels:
+                raise UserError(f"{str(path)!r} has {image.width}x{image.height} pixels, over the limit of "
+                                f"{max_pixels} (raise it with --max_pixels)")  # fmt: skip
+            pixels = to_8bit(image).convert("L" if card.channels == 1 else "RGB")
             h, w = card.stored_size
             if pixels.size != (w, h):
                 pixels = pixels.resize((w, h), Image.Resampling.BILINEAR)
             array = np.asarray(pixels).copy()
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
         raise UserError(f"{str(path)!r} is not a readable image ({type(exc).__name__})") from exc
     tensor = torch.from_numpy(array)
     return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
+
+
+@contextlib.contextmanager
+def _pixel_limit() -> Iterator[None]:
+    """PIL's own bomb check off while a file opens (opening reads only the header): ``read_image`` checks the size
+    against its ``max_pixels`` itself, in a line that says how to raise the limit, before anything is decoded."""
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
 
 
 def preprocess(images: Tensor, card: ModelCard) -> Tensor:
@@ -69,17 +91,23 @@ def preprocess(images: Tensor, card: ModelCard) -> Tensor:
 
 
 def predict(
-    files: Sequence[Path], net: nn.Module, card: ModelCard, topk: int = 5, batch_size: int = 64
+    files: Sequence[Path],
+    net: nn.Module,
+    card: ModelCard,
+    topk: int = 5,
+    batch_size: int = 64,
+    max_pixels: int = MAX_PIXELS,
 ) -> Iterator[tuple[Path, list[tuple[str, float]] | str]]:
     """``(file, [(class name, probability)] best first)`` per file, or ``(file, error line)`` for one that cannot
-    be read; the others still run. Probabilities: softmax for single-label, a sigmoid per class for multi-label."""
+    be read (or is over ``max_pixels``); the others still run. Probabilities: softmax for single-label, a sigmoid
+    per class for multi-label."""
     names = card.class_names or [str(i) for i in range(card.num_classes)]
     k = max(1, min(topk, card.num_classes))
     for start in range(0, len(files), batch_size):
         chunk, images, errors = files[start : start + batch_size], [], {}
         for f in chunk:
             try:
-                images.append((f, read_image(f, card)))
+                images.append((f, read_image(f, card, max_pixels)))
             except UserError as exc:
                 errors[f] = str(exc)
         probs = {}
@@ -95,6 +123,12 @@ def predict(
             yield f, errors.get(f) or probs[f]
 
 
+def printable(text: object) -> str:
+    """``text`` with control characters (newlines, ESC sequences) escaped as ``\\n``, ``\\x1b``: a class name or file
+    name in a card or a folder must not forge or hide a line of text output."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 # --- export ----------------------------------------------------------------------------------------------------
 def sample_batch(card: ModelCard, n: int = 8, seed: int = 0) -> Tensor:
     """Random [0, 1] pixel images at the stored size, preprocessed: the parity check's inputs."""
@@ -103,7 +137,7 @@ def sample_batch(card: ModelCard, n: int = 8, seed: int = 0) -> Tensor:
     return preprocess(torch.randint(0, 256, (n, card.channels, h, w), generator=g, dtype=torch.uint8), card)
 
 
-def export(path: str | Path, fmt: str, out: str | Path, force: bool = False) -> dict:
+def export(path: str | Path, fmt: str, out: str | Path, force: bool = False, trust_sources: bool = False) -> dict:
     """Write the run's network as ``fmt`` ('onnx', 'torchscript', 'safetensors') to ``out`` with the model card
     inside, reload it, and compare its logits with PyTorch's on a sample batch.
 
@@ -111,7 +145,7 @@ def export(path: str | Path, fmt: str, out: str | Path, force: bool = False) -> 
     parity check passed, so a failure removes only that temporary file; an existing ``out`` is replaced only with
     ``force``, and never when it is a file of a run directory (``model.safetensors`` of the run itself, say)."""
     out = check_out(out, force)
-    net, card = load_trained(path)
+    net, card = load_trained(path, trust_sources)
     if card.task == "video":
         raise UserError(f"sskt export takes image models; {str(path)!r} is a video model (clips of "
                         f"{card.extra.get('clip_len')} frames)")  # fmt: skip

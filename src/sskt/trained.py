@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,11 +95,79 @@ def read_card(path: str | Path) -> ModelCard:
         raw = json.loads(path.read_text())
         known = {f.name for f in dataclasses.fields(ModelCard)}
         card = ModelCard(**{k: v for k, v in raw.items() if k in known})
-    except (json.JSONDecodeError, TypeError, AttributeError) as exc:
+    except (json.JSONDecodeError, TypeError, AttributeError, RecursionError) as exc:
         raise UserError(f"{str(path)!r} is not an sskt model card ({type(exc).__name__}: {exc})") from exc
-    if card.format > FORMAT:
+    if isinstance(card.format, int) and not isinstance(card.format, bool) and card.format > FORMAT:
         raise UserError(f"{str(path)!r} has card format {card.format}; this sskt reads up to {FORMAT} (upgrade sskt)")
+    check_card(card, str(path))
     return card
+
+
+# --- the card's schema -----------------------------------------------------------------------------------------
+TASKS = ("single_label", "multi_label", "video")
+MAX_CLASSES = 1_000_000
+MAX_SIDE = 4096
+"""Bounds a real card stays far inside; beyond them a card builds a network or buffer that exhausts memory."""
+
+
+def _int_in(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _numbers(value: object, count: int, positive: bool = False) -> bool:
+    ok = isinstance(value, list) and len(value) == count
+    ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    return ok and (not positive or all(v > 0 for v in value))
+
+
+def card_problems(card: ModelCard) -> list[str]:
+    """``"field: what is wrong"`` for every field of ``card`` outside its schema (types and bounds)."""
+    c = card
+    checks = {
+        "architecture": (isinstance(c.architecture, str) and c.architecture != "", "a non-empty string"),
+        "task": (c.task in TASKS, f"one of {', '.join(TASKS)}"),
+        "num_classes": (_int_in(c.num_classes, 1, MAX_CLASSES), f"an integer from 1 to {MAX_CLASSES}"),
+        "class_names": (
+            isinstance(c.class_names, list)
+            and all(isinstance(n, str) for n in c.class_names)
+            and len(c.class_names) in (0, c.num_classes if _int_in(c.num_classes, 1, MAX_CLASSES) else -1),
+            "a list of num_classes strings (or [])",
+        ),
+        "mean": (_numbers(c.mean, 3), "3 finite numbers"),
+        "std": (_numbers(c.std, 3, positive=True), "3 positive numbers"),
+        "input_size": (_int_in(c.input_size, 1, MAX_SIDE), f"an integer from 1 to {MAX_SIDE}"),
+        "stored_size": (
+            isinstance(c.stored_size, list)
+            and len(c.stored_size) == 2
+            and all(_int_in(v, 1, MAX_SIDE) for v in c.stored_size),
+            f"[height, width], integers from 1 to {MAX_SIDE}",
+        ),  # fmt: skip
+        "channels": (c.channels in (1, 3) and not isinstance(c.channels, bool), "1 or 3"),
+        "method": (isinstance(c.method, str), "a string"),
+        "source": (c.source is None or isinstance(c.source, dict), "null or a source mapping"),
+        "sskt_version": (isinstance(c.sskt_version, str), "a string"),
+        "format": (_int_in(c.format, 1, FORMAT), f"an integer from 1 to {FORMAT}"),
+        "fusion": (c.fusion is None or _fusion_ok(c.fusion), 'null or {"head": str, "a": 0..1, "beta": > 0}'),
+        "extra": (isinstance(c.extra, dict), "a mapping"),
+    }
+    return [f"{name} {getattr(c, name)!r:.60} (must be {want})" for name, (ok, want) in checks.items() if not ok]
+
+
+def _fusion_ok(fusion: object) -> bool:
+    if not isinstance(fusion, dict) or not isinstance(fusion.get("head"), str):
+        return False
+    a, beta = fusion.get("a"), fusion.get("beta")
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, beta))
+    return numbers and 0 <= a <= 1 and math.isfinite(beta) and beta > 0
+
+
+def check_card(card: ModelCard, what: str) -> None:
+    """A one-line UserError naming the first fields of ``card`` outside the schema: a card is input, and a bad one
+    must not become a traceback, a huge allocation or a network other than the one its weights hold."""
+    problems = card_problems(card)
+    if problems:
+        more = f" (+{len(problems) - 2} more)" if len(problems) > 2 else ""
+        raise UserError(f"model card {what!r}: {'; '.join(problems[:2])}{more}")
 
 
 def model_card(cfg: TrainConfig, spec: DatasetSpec, fields: Mapping[str, Any]) -> ModelCard:
@@ -201,11 +270,50 @@ def build_network(
     return Logits(load_into(net, state, what))
 
 
+_DEPTH = [0]
+"""How many ``network`` builds are under way in this thread's call stack: a probe whose source is a ``checkpoint:``
+run builds that run's network in turn, and a card naming its own run would never end."""
+MAX_DEPTH = 8
+
+
 def network(card: ModelCard, state: State, what: str) -> Logits:
     """The network ``card`` describes, with ``state`` loaded, in eval mode."""
-    if card.fusion:
-        return fused_network(card, state, what).eval()
-    return build_network(card.architecture, card.source, (card.mean, card.std), state, what).eval()
+    if card.num_classes != num_classes(state, what) and not card.fusion:
+        raise UserError(f"{what}: the card says num_classes {card.num_classes}, the weights hold "
+                        f"{num_classes(state, what)}; the card does not belong to these weights")  # fmt: skip
+    if _DEPTH[0] >= MAX_DEPTH:
+        raise UserError(
+            f"{what}: sources of sources nest over {MAX_DEPTH} deep (a checkpoint: source naming its own run?)"
+        )
+    _DEPTH[0] += 1
+    try:
+        if card.fusion:
+            return fused_network(card, state, what).eval()
+        return build_network(card.architecture, card.source, (card.mean, card.std), state, what).eval()
+    finally:
+        _DEPTH[0] -= 1
+
+
+def check_card_sources(card: ModelCard, run: RunDir, what: str) -> None:
+    """Refuse a card whose source would read a file outside its run directory or fetch a URL the card chose (a
+    ``checkpoint:`` path, ``weights``): a downloaded run directory must not make ``predict`` read or fetch what it
+    names. A zoo name without ``weights`` reads the zoo's own weights and passes; ``--trust_sources`` skips this."""
+    source = card.source or {}
+    name, weights = str(source.get("name", "")), source.get("weights")
+    named = [name.removeprefix("checkpoint:")] if name.startswith("checkpoint:") else []
+    named += [str(weights)] if weights is not None else []
+    root = run.root.resolve()
+    for target in named:
+        if "://" in target:
+            outside = True
+        else:
+            path = (run.root / Path(target).expanduser()).resolve()
+            outside = root not in path.parents or path == run.weights.resolve()
+        if outside:
+            raise UserError(
+                f"{what}: its model card's source reads {target!r}, outside the run directory (or the run itself); "
+                "sskt follows a card's sources only inside its run: pass --trust_sources if you trust this run"
+            )
 
 
 def fused_network(card: ModelCard, state: State, what: str) -> Logits:
@@ -237,10 +345,13 @@ def card_of(run: RunDir, state: State) -> ModelCard:
     return model_card(cfg, build_dataset(cfg.data), legacy_fields(cfg.model.name, sources, state, str(run.root)))
 
 
-def load_trained(path: str | Path) -> tuple[Logits, ModelCard]:
+def load_trained(path: str | Path, trust_sources: bool = False) -> tuple[Logits, ModelCard]:
     """The trained network of the run directory ``path`` (or of a ``.safetensors`` file in it), in eval mode, and
-    its card."""
+    its card. The card's sources are followed only inside the run directory unless ``trust_sources``."""
     path, run = Path(path), RunDir.containing(path)
     state, _ = read_weights(path if path.suffix == ".safetensors" else run.weights)
     card = card_of(run, state)
-    return network(card, state, f"run {str(run.root)!r}"), card
+    what = f"run {str(run.root)!r}"
+    if not trust_sources:
+        check_card_sources(card, run, what)
+    return network(card, state, what), card

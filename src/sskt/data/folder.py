@@ -64,10 +64,27 @@ def decode_image(path: Path, size: tuple[int, int]) -> Tensor:
     Returns uint8 [3, H, W].
     """
     with Image.open(path) as image:
-        rgb = image.convert("RGB")
+        rgb = to_8bit(image).convert("RGB")
     if rgb.size != (size[1], size[0]):
         rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
+
+
+WIDE_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+"""PIL modes wider than 8 bits, with the full scale of their pixel values: PIL's own conversion to 'L' or 'RGB'
+clips them at 255, so a 16-bit PNG read as 8 bits turns almost white."""
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """``image`` with 8 bits per channel, wide modes scaled by their real range (16-bit: 65535; a 32-bit integer
+    image above 65535 or a float image above 1: its own maximum) instead of clipped."""
+    scale = WIDE_MODES.get(image.mode)
+    if scale is None:
+        return image
+    pixels = np.asarray(image, dtype=np.float64)
+    top = float(pixels.max()) if pixels.size else 0.0
+    scale = max(scale, top)
+    return Image.fromarray(np.clip(np.rint(pixels / scale * 255), 0, 255).astype(np.uint8))
 
 
 def image_files(folder: Path, avoid: frozenset[tuple[int, int]] = frozenset()) -> list[Path]:
