@@ -124,3 +124,22 @@ def test_help_costs_a_fraction_of_importing_torch() -> None:
     torch_cost = median["torch"] - median["python"]
     ratios = {name: (median[name] - median["python"]) / torch_cost for name in ("help", "train help", "bad option")}
     assert all(r < 0.5 for r in ratios.values()), (ratios, median)
+
+
+def test_an_extra_is_installed_into_the_environment_that_runs_sskt(monkeypatch) -> None:
+    """From the checkout's top, after ``make demo``: ``.venv/bin/pip install -e '.[onnx]'``, not a bare ``pip``."""
+    from sskt.errors import install_hint
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)
+    pip = Path(sys.executable).parent / "pip"
+    shown = pip.relative_to(repo) if pip.is_relative_to(repo) else pip
+    assert install_hint("onnx") == f"{shown} install -e '.[onnx]'"
+
+
+def test_no_error_names_a_bare_pip() -> None:
+    """Every extra the CLI asks for goes through ``install_hint``: a hard-coded ``pip install 'sskt[x]'`` would target
+    whichever pip is first on PATH."""
+    src = Path(__file__).resolve().parents[1] / "src" / "sskt"
+    bare = [f.relative_to(src) for f in src.rglob("*.py") if "pip install" in f.read_text() and f.name != "errors.py"]
+    assert not bare

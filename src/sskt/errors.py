@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -21,3 +23,24 @@ def check_choice(kind: str, value: str, choices: Iterable[str]) -> str:
     if value not in choices:
         raise choice_error(kind, value, choices)
     return value
+
+
+def install_hint(extra: str) -> str:
+    """The command that adds the optional packages of ``extra`` to the environment sskt runs in: that environment's
+    own pip, not whichever pip is first on PATH (after ``make demo``, ``sskt`` lives in .venv/bin and a bare
+    ``pip`` is usually another Python's), and the checkout itself when sskt is installed from one in editable
+    mode, so that from the repository's top it reads ``.venv/bin/pip install -e '.[onnx]'``."""
+    pip = Path(sys.executable).parent / "pip"
+    command = f"{_shown(pip)} install" if pip.is_file() else f"{_shown(Path(sys.executable))} -m pip install"
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file():
+        return f"{command} -e '{_shown(checkout)}[{extra}]'"
+    return f"{command} 'sskt[{extra}]'"
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working folder when it lies inside it ('.' for the folder itself), else as is."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

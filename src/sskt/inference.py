@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from sskt.data.augment import Augment, Normalize, fit_ops
 from sskt.data.folder import IMAGE_EXTENSIONS, image_files, to_8bit
-from sskt.errors import UserError
+from sskt.errors import UserError, install_hint
 from sskt.rundir import CHECKPOINT, CONFIG, LOCK, MODEL_CARD, RECORDS, SUMMARY, WEIGHTS
 from sskt.trained import ModelCard, load_trained
 
@@ -247,7 +247,7 @@ def _onnx(net: nn.Module, card: ModelCard, x: Tensor, out: Path) -> Tensor:
         import onnx
         import onnxruntime
     except ImportError as exc:
-        raise UserError("ONNX export needs the 'onnx' extra: pip install 'sskt[onnx]'") from exc
+        raise UserError(f"ONNX export needs the 'onnx' extra: {install_hint('onnx')}") from exc
     torch.onnx.export(
         net, (x,), str(out), input_names=["images"], output_names=["logits"],
         dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,

@@ -27,7 +27,7 @@ from sskt.data.clips import clip_frames, eval_clip_starts, hmdb51_split, train_c
 from sskt.data.datasets import DATASETS, STATS, default_root
 from sskt.data.folder import IMAGE_EXTENSIONS, decode_image
 from sskt.data.spec import DatasetSpec
-from sskt.errors import UserError
+from sskt.errors import UserError, install_hint
 
 
 def decode_video(path: Path) -> Tensor:
@@ -36,9 +36,7 @@ def decode_video(path: Path) -> Tensor:
     try:
         import av
     except ImportError as exc:
-        raise UserError(
-            f"reading video files needs PyAV: pip install 'sskt[video]' (or extract frames: {path})"
-        ) from exc
+        raise UserError(f"reading video files needs PyAV: {install_hint('video')} (or extract frames: {path})") from exc
     try:
         with av.open(str(path)) as container:
             frames = [torch.from_numpy(f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]

