@@ -290,3 +290,46 @@ def test_float32_cache_stores_the_exact_fp32_logits(tmp_path: Path) -> None:
     params, soft = opened(cfg, spec, src).read(idx, torch.zeros(len(idx), dtype=torch.long))
     assert soft[TINY].dtype == torch.float32
     assert torch.equal(soft[TINY], fresh(spec, stream, src, idx, params))
+
+
+# --- issue 26, items 5 and 17: a cache that cannot be written is one line, never SIGBUS ----------------------------
+def test_a_full_disk_while_reserving_the_arrays_is_one_line_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    """The arrays are allocated on disk before any write through the map (a sparse file would die by SIGBUS
+    once the disk is full); ENOSPC there (injected) is one line naming cache.dir, and no partial folder stays."""
+    import errno
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    spec, cfg = toy_spec(), cache_cfg(tmp_path)
+    with pytest.raises(UserError, match=r"no space left for the soft-label cache in .*cache.*GB free.*cache\.dir"):
+        opened(cfg, spec, tiny_source(spec), build=True)
+    assert not list((tmp_path / "cache").glob("*.partial"))
+
+
+def test_cache_arrays_are_allocated_not_sparse(tmp_path: Path) -> None:
+    spec, cfg = toy_spec(), cache_cfg(tmp_path)
+    cache = opened(cfg, spec, tiny_source(spec), build=True)
+    for array in Path(cache.path).glob("*.logits.npy"):
+        info = array.stat()
+        assert info.st_blocks * 512 >= info.st_size - 4096, "a sparse cache array dies by SIGBUS on a full disk"
+
+
+def test_a_cache_dir_that_is_a_file_or_read_only_is_one_line(tmp_path: Path) -> None:
+    spec = toy_spec()
+    (tmp_path / "file").write_text("not a folder")
+    cfg = cache_cfg(tmp_path)
+    cfg.cache.dir = str(tmp_path / "file")
+    with pytest.raises(UserError, match=r"cannot write the soft-label cache under cache\.dir .*file"):
+        opened(cfg, spec, tiny_source(spec), build=True)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        cfg.cache.dir = str(locked)
+        if not os.access(locked, os.W_OK):  # root ignores the mode
+            with pytest.raises(UserError, match=r"cannot write the soft-label cache.*Permission denied"):
+                opened(cfg, spec, tiny_source(spec), build=True)
+    finally:
+        locked.chmod(0o700)

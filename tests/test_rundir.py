@@ -163,3 +163,37 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"  # a zombie has exited; only its parent's wait is missing
+
+
+# --- issue 26, item 5: a full disk in the middle of a run is one line, and the old checkpoint stays ---------------
+def test_torch_save_on_a_full_disk_is_one_line_and_keeps_the_old_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    from sskt.engine.checkpoint import save_atomic
+
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_atomic({"epoch": 1}, path)
+
+    def torn(obj, f) -> None:  # what torch's zip writer raises when the disk fills up
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 576 vs 470")
+
+    monkeypatch.setattr(torch, "save", torn)
+    with pytest.raises(UserError, match=r"no space left on device writing .*last\.pt"):
+        save_atomic({"epoch": 2}, path)
+    assert torch.load(path, weights_only=True) == {"epoch": 1} and sorted(os.listdir(path.parent)) == ["last.pt"]
+
+
+def test_a_full_disk_while_appending_a_record_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    import builtins
+
+    run = RunDir(tmp_path)
+    real_open = builtins.open
+
+    def full(file, mode="r", *a, **k):
+        if str(file) == str(run.records) and "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(file, mode, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", full)
+    with pytest.raises(UserError, match=r"no space left on device appending to .*records\.jsonl"):
+        run.append_record({"epoch": 1})

@@ -27,10 +27,16 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or _torch_write_failure(exc):
             raise UserError(f"no space left on device writing {str(path)!r}; free space and resume") from exc
         raise
     _fsync_dir(path.parent)
+
+
+def _torch_write_failure(exc: BaseException) -> bool:
+    """``torch.save`` reports a failed write (a full disk) as a RuntimeError of its zip writer, not an OSError."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("unexpected pos" in text or "file write failed" in text)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import math
@@ -144,8 +145,14 @@ class RunDir:
         write_text_atomic(self.records, "".join(json.dumps(r) + "\n" for r in kept))
 
     def append_record(self, record: dict) -> None:
-        with open(self.records, "a") as f:
-            f.write(json.dumps(_finite(record)) + "\n")
+        """Append one epoch's record; a failed write (a full disk) is one line naming the file, and the torn line
+        it may leave is dropped on read, so the epoch reruns from the checkpoint before it."""
+        try:
+            with open(self.records, "a") as f:
+                f.write(json.dumps(_finite(record)) + "\n")
+        except OSError as exc:
+            why = "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror or type(exc).__name__
+            raise UserError(f"{why} appending to {str(self.records)!r}; free space and resume") from exc
 
     def write_summary(self, summary: dict) -> None:
         write_text_atomic(self.summary, json.dumps(_finite(summary), indent=2) + "\n")

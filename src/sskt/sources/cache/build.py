@@ -13,6 +13,7 @@ builder's batches, not of the training batches).
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
@@ -25,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor
 
 from sskt.data.stream import epoch_generator, read_batches
+from sskt.errors import UserError
 from sskt.sources.base import SourceBank
 from sskt.sources.cache.key import Plan, PoolPlan, check_sources, key_digest
 from sskt.sources.cache.store import DTYPES, HEADER, read_header, read_json, stored_topk, write_json_atomic
@@ -63,10 +65,27 @@ def _create_arrays(partial: Path, plan: Plan) -> None:
         for j, src in enumerate(plan.sources.values()):
             top = stored_topk(plan.topk, src.num_classes)
             width = src.num_classes if top is None else top
-            np.lib.format.open_memmap(partial / f"p{i}.s{j}.logits.npy", "w+", dtype, (n, k, width)).flush()
+            _reserved_array(partial / f"p{i}.s{j}.logits.npy", dtype, (n, k, width))
             if top is not None:
-                np.lib.format.open_memmap(partial / f"p{i}.s{j}.classes.npy", "w+", np.int32, (n, k, top)).flush()
-                np.lib.format.open_memmap(partial / f"p{i}.s{j}.rest.npy", "w+", dtype, (n, k)).flush()
+                _reserved_array(partial / f"p{i}.s{j}.classes.npy", np.int32, (n, k, top))
+                _reserved_array(partial / f"p{i}.s{j}.rest.npy", dtype, (n, k))
+
+
+def _reserved_array(path: Path, dtype: object, shape: tuple[int, ...]) -> None:
+    """An .npy array of ``shape`` whose every block is allocated on disk now. ``open_memmap`` alone makes a sparse
+    file, and a full disk then surfaces as SIGBUS at the first write through the map: the process dies with nothing
+    printed. ``posix_fallocate`` fails here instead, with ENOSPC, which ``_start`` turns into one line."""
+    np.lib.format.open_memmap(path, "w+", dtype, shape).flush()
+    _reserve(path)
+
+
+def _reserve(path: Path) -> None:
+    """Allocate every block of ``path`` on disk (``posix_fallocate``; ENOSPC when the disk cannot hold it)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
 
 
 def _start(plan: Plan) -> tuple[Path, int]:
@@ -75,12 +94,33 @@ def _start(plan: Plan) -> tuple[Path, int]:
     header = read_header(partial)
     if header is not None and header["key"] == plan.key:
         progress = read_json(partial / PROGRESS)
+        for array in partial.glob("*.npy"):  # a build begun by an older sskt left sparse files
+            _reserve(array)
         return partial, int(progress.get("done", 0)) if progress else 0
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    _create_arrays(partial, plan)
+    try:
+        partial.mkdir(parents=True)
+        _create_arrays(partial, plan)
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise _cache_write_error(plan.path, exc) from exc
     write_json_atomic(partial / HEADER, _header(plan, complete=False))  # last: a header means the arrays exist
     return partial, 0
+
+
+def _cache_write_error(path: Path, exc: OSError) -> UserError:
+    """One line for a cache that cannot be written: a full disk says how much it needs, a folder that is a file or
+    read-only says so, each naming ``cache.dir``."""
+    if exc.errno == errno.ENOSPC:
+        free = shutil.disk_usage(_existing(path)).free
+        return UserError(f"no space left for the soft-label cache in {str(path.parent)!r} ({free / 1e9:.2f} GB "
+                         "free); free space or set cache.dir to a larger disk")  # fmt: skip
+    return UserError(f"cannot write the soft-label cache under cache.dir {str(path.parent)!r}: "
+                     f"{exc.strerror or type(exc).__name__} ({exc.filename or path})")  # fmt: skip
+
+
+def _existing(path: Path) -> Path:
+    return next(p for p in (path, *path.parents) if p.exists())
 
 
 def store_logits(arrays: dict[str, np.ndarray], logits: Tensor, top: int | None, rows: slice, views: int) -> None:
@@ -141,6 +181,14 @@ def build_cache(
     sources stay on their current device. Content does not depend on where a build was interrupted.
     """
     check_sources(plan.sources)
+    try:
+        return _build(plan, chunk, batch, on_chunk, show_progress)
+    except OSError as exc:  # the disk filled up, or cache.dir turned read-only, mid-build: resumable, one line
+        raise _cache_write_error(plan.path, exc) from exc
+
+
+def _build(plan: Plan, chunk: int, batch: int, on_chunk: ChunkHook | None, show_progress: bool) -> Path:
+    """``build_cache`` without its error handling."""
     partial, done = _start(plan)
     total = sum(len(p.indices) for p in plan.pools)
     # Inference mode and channels-last (~1.9x faster on CPU), in the same source chunks as the online path.
