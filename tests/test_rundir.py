@@ -197,3 +197,12 @@ def test_a_full_disk_while_appending_a_record_is_one_line(tmp_path: Path, monkey
     monkeypatch.setattr(builtins, "open", full)
     with pytest.raises(UserError, match=r"no space left on device appending to .*records\.jsonl"):
         run.append_record({"epoch": 1})
+
+
+def test_a_python_tag_in_a_runs_config_yaml_is_one_line(tmp_path: Path, capsys) -> None:
+    """Issue 26, item 17: nothing runs, and evaluate, predict and resume say so in one line."""
+    (tmp_path / "config.yaml").write_text('seed: !!python/object/apply:os.system ["echo pwned"]\n')
+    for read in (RunDir(tmp_path).read_config, RunDir(tmp_path).read_config_dict):
+        with pytest.raises(UserError, match="is not plain YAML"):
+            read()
+    assert "not plain YAML" in error_line(capsys, ["evaluate", str(tmp_path)])

@@ -179,13 +179,24 @@ class RunDir:
         return normalise_summary(json.loads(self.summary.read_text()))
 
     def read_config(self) -> TrainConfig:
-        """``config.yaml`` as a TrainConfig (an older run's config upgraded through ``drop_retired``)."""
-        return load_config(self.config)
+        """``config.yaml`` as a TrainConfig (an older run's config upgraded through ``drop_retired``); YAML that
+        does not parse, or holds a Python tag, is one line naming the file (nothing in it runs)."""
+        with self._yaml_errors():
+            return load_config(self.config)
 
     def read_config_dict(self) -> dict:
         """``config.yaml`` as nested plain data, upgraded like ``read_config`` (for runs whose config may name
         things this version no longer builds)."""
-        return drop_retired(yaml.safe_load(self.config.read_text()) or {})
+        with self._yaml_errors():
+            return drop_retired(yaml.safe_load(self.config.read_text()) or {})
+
+    @contextlib.contextmanager
+    def _yaml_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except yaml.YAMLError as exc:
+            why = " ".join(str(exc).split())[:160]
+            raise UserError(f"{str(self.config)!r} is not plain YAML (a Python tag or a syntax error): {why}") from exc
 
 
 def extends_training(stored: TrainConfig, cfg: TrainConfig) -> bool:
