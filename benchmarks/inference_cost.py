@@ -7,6 +7,12 @@ target must also be judged by what it costs at inference. In one process, on ran
 and images per second of a forward pass (eval mode, no autograd) at batch 256, median of ``--repeats`` timed
 passes after a warm-up, as ratios to the target. ``--json PATH`` writes the figures.
 
+The ratios lead: the networks are timed in interleaved rounds (one pass of each per round), so a load that comes
+and goes slows them alike, and the ratio of two networks carries from one machine to another far better than
+images per second do (a committed 1,701 img/s for ResNet20 came out as 936 on this project's 2-core machine, and
+nothing said what had measured the first). The JSON names what measured it: the CPU model, its cores, torch's
+threads, and the 1-minute load before and after. Run it on a quiet machine (load well below the cores).
+
     .venv/bin/python benchmarks/inference_cost.py --json benchmarks/results/inference_cost.json
 """
 
@@ -14,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import statistics
 import sys
 import time
@@ -23,7 +29,7 @@ import torch
 from torch import nn
 
 from sskt.config import HeadConfig, ModelConfig, SourceConfig
-from sskt.engine.records import versions
+from sskt.engine.records import cpu_model, load_average, versions
 from sskt.methods.probe import build_probe
 from sskt.models import build_target
 
@@ -41,16 +47,24 @@ def networks() -> dict[str, nn.Module]:
     }
 
 
-def images_per_second(net: nn.Module, batch: torch.Tensor, repeats: int) -> float:
-    net.eval()
-    times = []
+def images_per_second(nets: dict[str, nn.Module], batch: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Median images per second of each network, timed in ``repeats`` interleaved rounds after one warm-up pass."""
+    times: dict[str, list[float]] = {name: [] for name in nets}
     with torch.inference_mode():
-        net(batch)  # warm-up
+        for net in nets.values():
+            net.eval()(batch)  # warm-up
         for _ in range(repeats):
-            start = time.perf_counter()
-            net(batch)
-            times.append(time.perf_counter() - start)
-    return len(batch) / statistics.median(times)
+            for name, net in nets.items():
+                start = time.perf_counter()
+                net(batch)
+                times[name].append(time.perf_counter() - start)
+    return {name: len(batch) / statistics.median(t) for name, t in times.items()}
+
+
+def machine(load_before: float) -> dict[str, object]:
+    """What measured the figures, so that nobody has to guess which run to believe."""
+    meta = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads()}
+    return meta | {"load_1min_before": load_before, "load_1min_after": load_average(), **versions()}
 
 
 def main(argv: list[str]) -> int:
@@ -62,21 +76,23 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    load_before = load_average()
     batch = torch.randn(args.batch, 3, 32, 32)
-    rows = {}
-    for name, net in networks().items():
-        params = sum(p.numel() for p in net.parameters())
-        rows[name] = {"parameters": params, "images_per_second": images_per_second(net, batch, args.repeats)}
-    base = next(iter(rows.values()))
-    print(f"{'network':48} {'params':>10} {'img/s':>9} {'time x target':>14}")
+    nets = networks()
+    speed = images_per_second(nets, batch, args.repeats)
+    target = next(iter(speed.values()))
+    ratios = {name: target / ips for name, ips in speed.items()}
+    rows = {name: {"parameters": sum(p.numel() for p in net.parameters()), "images_per_second": speed[name]}
+            for name, net in nets.items()}  # fmt: skip
+    meta = machine(load_before)
+    print(f"{'network':48} {'time x target':>14} {'params':>10} {'img/s':>9}")
     for name, row in rows.items():
-        row["time_ratio_to_target"] = base["images_per_second"] / row["images_per_second"]
-        ips, ratio = row["images_per_second"], row["time_ratio_to_target"]
-        print(f"{name:48} {row['parameters']:>10,} {ips:>9.0f} {ratio:>14.2f}")
+        print(f"{name:48} {ratios[name]:>14.2f} {row['parameters']:>10,} {row['images_per_second']:>9.0f}")
+    print(f"{meta['cpu']}, {meta['cores']} cores, {meta['threads']} threads, 1-min load {load_before:.2f} before and "
+          f"{meta['load_1min_after']:.2f} after")  # fmt: skip
     if args.json:
-        meta = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), **versions()}
         with open(args.json, "w") as f:
-            json.dump({"machine": meta, "rows": rows}, f, indent=2)
+            json.dump({"time_ratio_to_target": ratios, "machine": meta, "rows": rows}, f, indent=2)
     return 0
 
 
