@@ -60,3 +60,29 @@ def test_the_report_holds_every_regime_and_both_figures(runs, tmp_path) -> None:
     assert (tmp_path / "gain_vs_headroom.png").stat().st_size > 1000
     assert (tmp_path / "acc_vs_labels.png").stat().st_size > 1000
     assert "SSKT's heads pay here" in text and "the interval is not above zero" in text
+
+
+def test_sskt_report_writes_the_regime_map_and_reads_cpu_seconds(tmp_path) -> None:
+    import json
+
+    import yaml
+
+    from sskt.config import TrainConfig
+    from sskt.experiments.report import report_main
+
+    for name, (v, t) in {"l10-scratch_ema": (70, 69), "l10_s224-sskt": (74, 73), "l10_s224-teacher": (80, 79)}.items():
+        for seed in (0, 1):
+            run = tmp_path / "runs" / f"{name}-seed{seed}"
+            run.mkdir(parents=True)
+            (run / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "method": {"name": "scratch"}}))
+            rec = {"epoch": 1, "epoch_seconds": 2.0, "train_seconds": 2.0, "cpu_seconds": 3.0, "train_cpu_seconds": 3.0,
+                   "load_1min": 1.0, "val_acc": v + seed, "test_acc": t + seed}  # fmt: skip
+            (run / "records.jsonl").write_text(json.dumps(rec) + "\n")
+            summary = {"seed": seed, "best": {"val_acc": v + seed, "test_acc": t + seed}, "best_epoch": 1,
+                       "final": {"val_acc": v + seed, "test_acc": t + seed}, "selected_by": "val_acc"}  # fmt: skip
+            (run / "summary.json").write_text(json.dumps(summary))
+    assert TrainConfig  # the runs' config.yaml holds overrides of it
+    out = tmp_path / "report"
+    assert report_main([str(tmp_path / "runs"), "--out", str(out), "--clock", "cpu", "--regime-map"]) == 0
+    assert "Times are CPU seconds" in (out / "report.md").read_text()
+    assert "### l10_s224" in (out / "regime_map" / "README.md").read_text()

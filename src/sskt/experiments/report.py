@@ -16,9 +16,16 @@ from typing import Any
 
 from jsonargparse import ArgumentParser
 
-from sskt.errors import UserError, choice_error
-from sskt.experiments.budget import budget_section, chosen_by_validation, strongest_section, time_plots
+from sskt.errors import UserError, check_choice, choice_error
+from sskt.experiments.budget import (
+    budget_section,
+    chosen_by_validation,
+    on_cpu_clock,
+    strongest_section,
+    time_plots,
+)
 from sskt.experiments.plots import bar_chart, learning_curves
+from sskt.experiments.regime_map import write_regime_map
 from sskt.experiments.runs import Run, collect_runs, provenance, slug
 from sskt.experiments.stats import PairedDiff, Summary, paired_diff, summarize
 
@@ -299,17 +306,22 @@ def write_report(
     plots: bool = True,
     metric: str | None = None,
     drop_seeds: Sequence[int] = (),
+    clock: str = "wall",
+    regime_map: bool = False,
 ) -> Path:
     """Read every finished run under ``runs_dir`` (one folder, or several: e.g. a search's folder plus the benchmark's
     scratch runs it should be compared with; a run found twice counts once) and write ``report.md``, ``report.csv``
     and plots to ``out`` (default: the first folder); ``metric`` overrides the headline metric. ``drop_seeds``
-    leaves out the runs of those seeds: the seeds that chose a setting, which must not confirm it. Returns the path
-    of ``report.md``."""
+    leaves out the runs of those seeds: the seeds that chose a setting, which must not confirm it. ``clock`` 'cpu'
+    reads every time in CPU seconds (runs recorded without them are left out, and said so); ``regime_map`` adds
+    benchmark v3's map (``regime_map/README.md`` and its figures) for runs named ``<regime>-<row>-seed<N>``.
+    Returns the path of ``report.md``."""
     import csv
 
     roots = [Path(runs_dir)] if isinstance(runs_dir, str | Path) else [Path(r) for r in runs_dir]
     runs, unfinished = collect_runs(roots)
     runs = [r for r in runs if r.seed not in set(drop_seeds)]
+    runs, unclocked = on_clock(runs, clock)
     root = roots[0]
     if not runs:
         raise UserError(f"no finished runs (summary.json + config.yaml) under {', '.join(map(str, roots))}")
@@ -331,6 +343,11 @@ def write_report(
     text = _markdown(names, runs, unfinished, rows, metric, [p.relative_to(dest) for p in pictures])
     if drop_seeds:
         text = text.replace("\n\n", f"\n\nRuns of seed(s) {', '.join(map(str, drop_seeds))} are left out.\n\n", 1)
+    if clock == "cpu":
+        note = f"Times are CPU seconds; {unclocked} run(s) recorded without them are left out" if unclocked else ""
+        text = text.replace("\n\n", f"\n\n{note or 'Times are CPU seconds'} (overheads stay in wall seconds).\n\n", 1)
+    if regime_map:
+        write_regime_map(runs, dest / "regime_map", metric)
     (dest / "report.md").write_text(text)
     return dest / "report.md"
 
@@ -376,6 +393,17 @@ def seed_list(text: str) -> list[int]:
         raise UserError(f"--drop-seed takes comma-separated integer seeds such as 0,3; got {text!r}") from None
 
 
+CLOCKS = ("wall", "cpu")
+
+
+def on_clock(runs: list[Run], clock: str) -> tuple[list[Run], int]:
+    """``runs`` with their times on ``clock`` ('wall' leaves them as they are), and how many had to be left out."""
+    if clock == "wall":
+        return runs, 0
+    clocked = [c for r in runs if (c := on_cpu_clock(r)) is not None]
+    return clocked, len(runs) - len(clocked)
+
+
 def report_main(argv: list[str] | None = None) -> int:
     """``sskt report RUNS_DIR [RUNS_DIR ...] [--out DIR] [--metric NAME] [--no-plots] [--drop-seed N[,N...]]``."""
     parser = ArgumentParser(
@@ -386,11 +414,16 @@ def report_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=str | None, default=None, help="where the report goes (default: the first)")
     parser.add_argument("--metric", type=str | None, default=None, help="headline metric (default: test_acc)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--clock", type=str, default="wall", help="time axis: 'wall' seconds or 'cpu' seconds")
+    parser.add_argument("--regime-map", action="store_true", help="add benchmark v3's regime map (regime_map/)")
     parser.add_argument(
         "--drop-seed", type=str, default="", metavar="N[,N...]",
         help="leave out the runs of these seeds: the seeds that chose a setting never confirm it",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    path = write_report(args.runs_dir, args.out, not args.no_plots, args.metric, seed_list(args.drop_seed))
+    check_choice("--clock", args.clock, CLOCKS)
+    path = write_report(
+        args.runs_dir, args.out, not args.no_plots, args.metric, seed_list(args.drop_seed), args.clock, args.regime_map
+    )
     print(path)
     return 0
