@@ -384,3 +384,5 @@ class TrainConfig:
     """Show a progress bar."""
     threads: int | None = None
     """CPU threads for torch; None leaves torch's default."""
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard", "csv"])
+    """Trackers of the per-epoch metrics: 'tensorboard' (tb/), 'csv' (metrics.csv), 'wandb', 'mlflow' (extras)."""

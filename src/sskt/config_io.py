@@ -46,7 +46,7 @@ def flatten(value: Mapping[str, Any], prefix: str = "", lists: bool = False) -> 
 # are replicates of one setting.
 NON_SETTING_KEYS = frozenset(
     {"seed", "out", "resume", "progress", "threads", "data.root", "data.download", "data.num_workers"}
-    | {"data.eval_batch_size", "cache.dir", "cache.build"}
+    | {"data.eval_batch_size", "cache.dir", "cache.build", "loggers"}
 )
 
 

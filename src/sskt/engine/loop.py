@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 from lightning_fabric import Fabric
-from lightning_fabric.loggers import TensorBoardLogger
 from torch import Tensor
 
 from sskt.config import TrainConfig
@@ -22,21 +21,22 @@ from sskt.engine.progress import EpochProgress, epoch_line
 from sskt.engine.records import git_commit, load_average, machine, versions
 from sskt.engine.seeding import rng_state, seed_everything, set_rng_state
 from sskt.engine.soft_cache import attach_cache, frozen_networks
+from sskt.engine.trackers import build_trackers, tracker_metrics
 from sskt.engine.weights import save_target
 from sskt.methods import METHODS, Method, MethodContext
 from sskt.rundir import RunDir
 
 
 def build_fabric(cfg: TrainConfig, run: RunDir) -> Fabric:
-    """Fabric with the run's devices and precision, logging TensorBoard scalars under ``<out>/tb``."""
-    logger = TensorBoardLogger(root_dir=str(run.tb), name="", version="")
+    """Fabric with the run's devices and precision, logging to the trackers ``cfg.loggers`` names (a bad name or a
+    missing extra is refused here, before anything is written)."""
     return Fabric(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
         precision=cfg.precision,
-        loggers=[logger],
+        loggers=build_trackers(cfg, run),
     )
 
 
@@ -115,7 +115,7 @@ def _train(cfg: TrainConfig, run: RunDir, fabric: Fabric, parts: tuple, started:
             run.append_record(record)
             print(epoch_line(record, cfg.epochs), flush=True)
             save_atomic(checkpoint_state(method, state), run.checkpoint)
-        fabric.log_dict({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+        fabric.log_dict(tracker_metrics(record), step=epoch + 1)
         fabric.barrier()
 
     # A resumed run that had already finished still reports the trained networks' final metrics.
