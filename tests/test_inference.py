@@ -38,7 +38,7 @@ def test_a_finished_run_ships_the_target_and_its_card(sskt_run) -> None:
 
 
 def test_a_checkpoint_source_reads_the_card_not_the_dataset(sskt_run, monkeypatch) -> None:
-    import sskt.sources.checkpoint as checkpoint
+    import sskt.checkpoint_source as checkpoint
 
     monkeypatch.setattr(checkpoint, "build_dataset", lambda *a, **k: pytest.fail("the dataset was rebuilt"))
     teacher = SOURCES.create(f"checkpoint:{sskt_run['run'].root}")

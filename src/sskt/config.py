@@ -210,7 +210,7 @@ class ProbeConfig:
     linear-evaluation protocol, multinomial logistic regression on un-augmented features fitted to convergence by
     L-BFGS, its L2 strength chosen on the validation split (needs data.val_per_class and epochs: 1)."""
     l2: list[float] | None = None
-    """L2 strengths tried by 'lbfgs' (mean cross-entropy + l2/2 ||W||^2); None: 1e-4 to 1, half a decade apart."""
+    """L2 strengths tried by 'lbfgs' (mean cross-entropy + l2/2 ||W||^2); None: 1e-4 to 10, half a decade apart."""
 
 
 @dataclass

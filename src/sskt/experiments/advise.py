@@ -243,7 +243,7 @@ def reference_config(cfg: TrainConfig, out: Path, epochs: int | None) -> TrainCo
     ref.method = MethodConfig(name="scratch", primary_loss=cfg.method.primary_loss)
     ref.sources, ref.cache.enabled = [], False
     ref.data.unlabeled, ref.data.unlabeled_ratio = None, 0
-    ref.ema = EMAConfig(decay=cfg.ema.decay or REFERENCE_EMA, warmup=cfg.ema.warmup)
+    ref.ema = EMAConfig(decay=REFERENCE_EMA if cfg.ema.decay is None else cfg.ema.decay, warmup=cfg.ema.warmup)
     ref.epochs, ref.out = epochs or cfg.epochs, str(out / "reference")
     return ref
 

@@ -1,5 +1,9 @@
 """A user's own trained classifier as a source: ``checkpoint:<run dir>`` or ``checkpoint:<weights file>``.
 
+Above ``sskt.sources`` and beside ``sskt.trained``, which builds the network: a trained run is loaded in one place.
+``sskt.sources`` registers the ``checkpoint:`` prefix with a factory that imports this module when such a source is
+first built, so importing the sources never imports the runs' loader (no import circle).
+
 A run directory written by ``sskt train`` holds ``model.safetensors`` (the trained target without its auxiliary
 heads, or a probe's source with its classifier) and ``model.json``, its card; ``sskt.trained`` builds the network
 from the two, without the dataset. A run without a card (finished before sskt wrote one), or a bare
@@ -15,13 +19,13 @@ from typing import Any
 
 import yaml
 
-from sskt import trained  # the module, not its names: sskt.trained imports this package (the probe) in turn
+from sskt import trained
 from sskt.config import DataConfig
 from sskt.data import build_dataset
 from sskt.data.datasets import STATS
 from sskt.errors import UserError
 from sskt.rundir import CONFIG, RunDir
-from sskt.sources.base import SOURCES, Pretrained
+from sskt.sources.base import Pretrained
 from sskt.sources.weights import State, load_state_file
 
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
@@ -74,7 +78,6 @@ def _without_card(run: RunDir, state: State, what: str) -> tuple[trained.Logits,
     return trained.build_network(fields["architecture"], fields["source"], stats, state, what), stats
 
 
-@SOURCES.register_prefix("checkpoint:")
 def checkpoint_source(path: str, weights: str | None = None) -> Pretrained:
     """The primary classifier of a trained network (``weights`` overrides the weights file)."""
     what = f"source 'checkpoint:{path}'"
