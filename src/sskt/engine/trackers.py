@@ -1,6 +1,6 @@
 """Experiment trackers: where a run's per-epoch numbers go besides ``records.jsonl``, which stays the source of truth
 that reports read. ``TrainConfig.loggers`` names them: 'tensorboard' (``<run>/tb``) and 'csv' (``<run>/metrics.csv``)
-by default; 'wandb' and 'mlflow' are opt-in extras (``pip install 'sskt[wandb]'`` / ``'sskt[mlflow]'``), imported
+by default; 'wandb' and 'mlflow' are opt-in extras (the ``wandb`` and ``mlflow`` extras of the package), imported
 only when chosen.
 
 Every tracker is a Fabric ``Logger``: the loop calls ``fabric.log_dict(tracker_metrics(record), step=epoch)`` on
@@ -31,7 +31,7 @@ from lightning_fabric.utilities.rank_zero import rank_zero_only
 
 from sskt.config import TrainConfig
 from sskt.config_io import config_to_dict, flatten
-from sskt.errors import UserError, check_choice
+from sskt.errors import UserError, check_choice, install_hint
 from sskt.files import write_text_atomic
 from sskt.rundir import RunDir
 
@@ -84,7 +84,7 @@ def check_loggers(names: Iterable[str]) -> list[str]:
         check_choice("logger", name, TRACKERS)
         module = EXTRAS.get(name)
         if module and importlib.util.find_spec(module) is None:
-            raise UserError(f"logger {name!r} needs its package: pip install 'sskt[{name}]' (or drop it from loggers)")
+            raise UserError(f"logger {name!r} needs its package: {install_hint(name)} (or drop it from loggers)")
     return names
 
 
