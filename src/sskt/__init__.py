@@ -7,3 +7,12 @@ __version__ = "0.1.0"
 # The one thing done at import: OpenMP workers that sleep instead of spinning while they wait, which must be set
 # before torch loads its OpenMP runtime (sskt/threads.py gives the measurements). The user's own setting wins.
 yield_when_waiting()
+
+
+def __getattr__(name: str) -> object:
+    """``sskt.load_pretrained`` (``sskt.hub``), imported on first use so that ``import sskt`` does not import torch."""
+    if name == "load_pretrained":
+        from sskt.hub import load_pretrained
+
+        return load_pretrained
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -128,12 +128,18 @@ def export_command(argv: list[str]) -> int:
 
     parser = ArgumentParser(prog="sskt export", description="Export a trained network.", exit_on_error=False)
     parser.add_argument("run", type=str, help="Run directory (holds model.safetensors and model.json).")
-    parser.add_argument("--format", type=str, required=True, help=f"One of: {', '.join(EXPORT_FORMATS)}.")
-    parser.add_argument("--out", type=str, required=True, help="File to write (an existing one only with --force).")
+    parser.add_argument("--format", type=str, required=True, help=f"One of: {', '.join(EXPORT_FORMATS)}, hf.")
+    parser.add_argument("--out", type=str, required=True, help="File (hf: folder) to write; to replace, --force.")
     parser.add_argument("--force", action="store_true", help="Replace an existing --out (never a run's own files).")
     parser.add_argument("--trust_sources", action="store_true", help="Follow a card's sources outside its run.")
+    parser.add_argument("--license", type=str | None, default=None, help="hf: the model card's license (e.g. mit).")
+    parser.add_argument("--from_report", "--from-report", type=str | None, help="hf: a report folder (mean +- std).")
     args = parser.parse_args(argv)
-    check_choice("export format", args.format, EXPORT_FORMATS)
+    if check_choice("export format", args.format, (*EXPORT_FORMATS, "hf")) == "hf":  # a model-hub folder
+        from sskt.hub import export_hf
+
+        print(json.dumps(export_hf(args.run, args.out, args.force, args.license, args.from_report, args.trust_sources)))
+        return 0
     from sskt.inference import export
 
     print(json.dumps(export(args.run, args.format, args.out, force=args.force, trust_sources=args.trust_sources)))
