@@ -7,13 +7,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from scipy import stats
-
 
 def t_quantile_975(df: int) -> float:
     """The 97.5% quantile of Student's t with ``df`` degrees of freedom (two-sided 95% intervals)."""
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    from scipy import stats  # here: importing scipy.stats takes most of a second, which `sskt report --help` skips
+
     return float(stats.t.ppf(0.975, df))
 
 
