@@ -24,7 +24,7 @@ HEAVY = ("torch", "torchvision", "torchmetrics", "scipy", "timm", "onnx", "submi
 TRAINING_STACK = tuple(name for name in HEAVY if name != "torch")
 """What ``sskt predict`` must not import: it needs torch, and nothing the engine or the report need."""
 
-SLOW_HELP = {"advise": "its module imports the training stack at the top"}
+SLOW_HELP: dict[str, str] = {}
 """Commands whose help still imports a heavy package, and why; a new command does not join this list quietly."""
 
 

@@ -196,6 +196,10 @@ def cache_command(argv: list[str]) -> int:
 
 def advise_command(argv: list[str]) -> int:
     """``sskt advise --config my.yaml [--sources ...] [--input-sizes ...] [--reference RUN] [--out DIR]``."""
+    from sskt.experiments.advise_args import print_help, wants_help
+
+    if wants_help(argv):  # answered without loading torch
+        return print_help(argv)
     from sskt.experiments.advise import advise_main
 
     return advise_main(argv)

@@ -28,7 +28,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from jsonargparse import ArgumentParser
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor
@@ -40,6 +39,7 @@ from sskt.data.spec import DatasetSpec
 from sskt.data.stream import TrainSplit, train_split
 from sskt.engine import train
 from sskt.errors import UserError
+from sskt.experiments.advise_args import parser, print_help, split_argv, wants_help
 from sskt.experiments.plots import signed_bars
 from sskt.files import write_text_atomic
 from sskt.rundir import RunDir
@@ -55,8 +55,6 @@ RULE = (
     "across regimes (issue 27 part 2); LogME, LEEP, NCE and H-score were validated in their papers against "
     "fine-tuning accuracy only."
 )
-OPTIONS = {"--config", "--sources", "--input-sizes", "--reference", "--reference-epochs", "--out"}
-"""advise's own options; every other ``--dotted.key value`` overrides the training config as in ``sskt train``."""
 
 
 @dataclass
@@ -69,34 +67,6 @@ class Candidate:
 
 
 # --- arguments -----------------------------------------------------------------------------------------------------
-def parser() -> ArgumentParser:
-    p = ArgumentParser(prog="sskt advise", description=__doc__.splitlines()[0], exit_on_error=False)
-    p.add_argument("--config", type=str, required=True, help="The run's YAML config (data, target, sources).")
-    p.add_argument("--sources", type=str, nargs="+", default=None, help="Sources to assess (default: the config's).")
-    p.add_argument("--input-sizes", type=int, nargs="+", default=None, help="Source input sizes in px to try.")
-    p.add_argument("--reference", type=str, default=None, help="A finished scratch + EMA run on the same labels.")
-    p.add_argument("--reference-epochs", type=int, default=None, help="Epochs of a reference trained here.")
-    p.add_argument("--out", type=str, default="advise", help="Folder for advise.json, advise.png, reference/.")
-    return p
-
-
-def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
-    """``(advise's own arguments, the config overrides)``: an option and the values after it go to the side that
-    owns the option; ``--config`` goes to both (the overrides apply on top of it, as in ``sskt train``)."""
-    own: list[str] = []
-    overrides: list[str] = []
-    sides: tuple[list[str], ...] = ()
-    for token in argv:
-        if token.startswith("--"):
-            name = token.split("=")[0]
-            sides = (own, overrides) if name == "--config" else (own,) if name in OPTIONS else (overrides,)
-        if not sides:
-            raise UserError(f"unexpected argument {token!r}; sskt advise takes --options only (see --help)")
-        for side in sides:
-            side.append(token)
-    return own, overrides
-
-
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, TrainConfig]:
     """advise's options and the training config they name; bad values are one-line UserErrors."""
     own, overrides = split_argv(argv)
@@ -380,10 +350,8 @@ def advise(args: argparse.Namespace, cfg: TrainConfig, console: Console) -> dict
 
 def advise_main(argv: list[str]) -> int:
     """``sskt advise --config my.yaml [--sources a b] [--input-sizes 64 224] [--reference RUN] [--out DIR]``."""
-    if not argv or any(a in ("-h", "--help") for a in argv):
-        parser().print_help()
-        print("Other --dotted.key value options override the config, as in `sskt train`.")
-        return 0 if argv else 2
+    if wants_help(argv):
+        return print_help(argv)
     args, cfg = parse_args(argv)
     console = Console() if sys.stdout.isatty() else Console(width=160)  # a log file: do not fold the table
     result = advise(args, cfg, console)
