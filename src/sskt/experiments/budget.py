@@ -270,6 +270,17 @@ def on_cpu_clock(run: Run) -> Run | None:
     return dataclasses.replace(run, records=records)
 
 
+CLOCKS = ("wall", "cpu")
+
+
+def on_clock(runs: list[Run], clock: str) -> tuple[list[Run], int]:
+    """``runs`` with their times on ``clock`` ('wall' leaves them as they are), and how many had to be left out."""
+    if clock == "wall":
+        return runs, 0
+    clocked = [c for r in runs if (c := on_cpu_clock(r)) is not None]
+    return clocked, len(runs) - len(clocked)
+
+
 def shared_machine_lines(groups: Sequence) -> list[str]:
     """Markdown lines naming every run that shared its machine and why (empty when none did)."""
     found = [(g.label, run.seed, why) for g in groups for run in g.runs if (why := shared_machine(run))]

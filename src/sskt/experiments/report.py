@@ -18,9 +18,10 @@ from jsonargparse import ArgumentParser
 
 from sskt.errors import UserError, check_choice, choice_error
 from sskt.experiments.budget import (
+    CLOCKS,
     budget_section,
     chosen_by_validation,
-    on_cpu_clock,
+    on_clock,
     strongest_section,
     time_plots,
 )
@@ -391,17 +392,6 @@ def seed_list(text: str) -> list[int]:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise UserError(f"--drop-seed takes comma-separated integer seeds such as 0,3; got {text!r}") from None
-
-
-CLOCKS = ("wall", "cpu")
-
-
-def on_clock(runs: list[Run], clock: str) -> tuple[list[Run], int]:
-    """``runs`` with their times on ``clock`` ('wall' leaves them as they are), and how many had to be left out."""
-    if clock == "wall":
-        return runs, 0
-    clocked = [c for r in runs if (c := on_cpu_clock(r)) is not None]
-    return clocked, len(runs) - len(clocked)
 
 
 def report_main(argv: list[str] | None = None) -> int:
