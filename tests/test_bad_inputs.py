@@ -35,6 +35,20 @@ def _train(data_root: Path, out: Path, *extra: str) -> list[str]:
         (["--epoch", "3"], "unrecognized arguments: --epoch 3 (did you mean --epochs?)"),
         (["--epohcs", "3"], "(did you mean --epochs?)"),
         (["--data.labels_per_class", "1000"], "labels_per_class=1000 is out of range"),
+        # issue 26 item 10: out of range, each one line naming the value and the interval
+        (["--method.name", "kd", "--method.kd.lam", "2"], "method.kd.lam must be in [0, 1], got 2.0"),
+        (["--method.name", "kd", "--method.kd.temperature", "0"], "method.kd.temperature must be in (0, inf), got 0.0"),
+        (["--precise_bn", "-5"], "precise_bn must be in [0, inf), got -5"),
+        (["--optim.momentum", "5"], "optim.momentum must be in [0, 1), got 5.0"),
+        (["--optim.weight_decay", "-1"], "optim.weight_decay must be in [0, inf), got -1.0"),
+        (["--devices", "0"], "devices must be in [1, inf), got 0"),
+        (["--dist_timeout", "0"], "dist_timeout must be in (0, inf), got 0.0"),
+        (["--method.name", "dml", "--method.dml.temperature", "-1"], "method.dml.temperature must be in (0, inf)"),
+        (["--method.name", "sskt", "--method.sskt.alpha", "-1"], "method.sskt.alpha must be in [0, inf), got -1.0"),
+        (["--method.name", "maxl", "--method.maxl.psi", "0"], "method.maxl.psi must be in [1, inf), got 0"),
+        # options the dataset would ignore are refused rather than stored as if used
+        (["--data.image_size", "64"], "data.image_size 64 is not used by dataset 'fashion_mnist'"),
+        (["--data.clip_len", "8"], "data.clip_len 8 is not used by dataset 'fashion_mnist'"),
     ],
 )
 def test_bad_values_are_one_line_and_write_nothing(capsys, small_fmnist, tmp_path, extra, expected) -> None:

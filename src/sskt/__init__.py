@@ -1,5 +1,6 @@
 """sskt: Self-Supervised Knowledge Transfer via Loosely Supervised Auxiliary Tasks (WACV 2022), with baselines."""
 
+from sskt.processes import quiet_start
 from sskt.threads import yield_when_waiting
 
 __version__ = "0.1.0"
@@ -7,6 +8,8 @@ __version__ = "0.1.0"
 # The one thing done at import: OpenMP workers that sleep instead of spinning while they wait, which must be set
 # before torch loads its OpenMP runtime (sskt/threads.py gives the measurements). The user's own setting wins.
 yield_when_waiting()
+# And, for the sskt command only, a Ctrl-C while its modules load is one line, not a traceback (sskt/processes.py).
+quiet_start()
 
 
 def __getattr__(name: str) -> object:

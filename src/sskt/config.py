@@ -365,6 +365,9 @@ class TrainConfig:
     strategy: str = "auto"
     """Fabric strategy ('auto', 'ddp'). With several processes each takes rows [rank::world] of every global batch
     of data.batch_size rows; scale optim.lr with the global batch, not with the number of processes."""
+    dist_timeout: float = 600.0
+    """With several processes, seconds a process waits for the others at a collective before the run stops, naming
+    the silent one (torch's default is 30 minutes); a soft-label cache built by rank 0 is waited for a day."""
     sync_batchnorm: bool = False
     """With several processes, compute BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only in
     PyTorch); False normalises each process's rows with their own statistics."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -44,3 +45,19 @@ def _shown(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def check_range(key: str, value: float, low: float = -math.inf, high: float = math.inf, **open_ends: bool) -> None:
+    """Raise the one-line "KEY must be in [low, high), got VALUE" error for a number outside its interval, so that a
+    value a loss or optimiser would take silently (``momentum 5``, a negative weight decay, a lambda above 1) is
+    refused before any work starts. ``open_low``/``open_high`` leave an end out; infinite ends are open; NaN is in
+    no interval."""
+    open_low = open_ends.get("open_low", False) or low == -math.inf
+    open_high = open_ends.get("open_high", False) or high == math.inf
+    if not isinstance(value, bool) and isinstance(value, int | float):
+        above = value > low if open_low else value >= low
+        below = value < high if open_high else value <= high
+        if above and below:
+            return
+    left, right = "(" if open_low else "[", ")" if open_high else "]"
+    raise UserError(f"{key} must be in {left}{low:g}, {high:g}{right}, got {value}")

@@ -10,9 +10,9 @@ from typing import get_args
 
 import torch
 
-from sskt.config import Augment, BNMode, HeadKind, Precision, PrimaryLoss, Schedule, TrainConfig
+from sskt.config import Augment, BNMode, DataConfig, HeadKind, Precision, PrimaryLoss, Schedule, TrainConfig
 from sskt.data import DATASETS
-from sskt.errors import UserError, check_choice
+from sskt.errors import UserError, check_choice, check_range
 from sskt.methods import METHODS
 from sskt.models import MODELS
 from sskt.sources import SOURCES
@@ -35,12 +35,14 @@ def check_config(cfg: TrainConfig) -> None:
     check_choice("optim.schedule", cfg.optim.schedule, get_args(Schedule))
     check_choice("precision", str(cfg.precision), get_args(Precision))
     check_choice("accelerator", cfg.accelerator, ACCELERATORS)
+    _check_ranges(cfg)
     method = METHODS.get(cfg.method.name)
     method.check(cfg)
     if cfg.cache.enabled:
         check_cache_config(cfg.cache, method.cache_temperatures(cfg))
     _check_positive(cfg)
     _check_strong_views(cfg)
+    _check_used_by_dataset(cfg)
     _check_device(cfg)
 
 
@@ -70,6 +72,46 @@ def _check_positive(cfg: TrainConfig) -> None:
         raise UserError(f"optim.lr must be positive, got {cfg.optim.lr}")
     if not str(cfg.out).strip():
         raise UserError("out must name a run directory, got an empty path")
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    """Numbers every run reads, inside the interval where they mean something: torch takes ``momentum 5`` or a
+    negative ``precise_bn`` silently, and ``devices 0`` or a negative weight decay only with a traceback."""
+    optim = cfg.optim
+    check_range("optim.momentum", optim.momentum, 0, 1, open_high=True)
+    check_range("optim.weight_decay", optim.weight_decay, 0)
+    check_range("optim.gamma", optim.gamma, 0, open_low=True)
+    check_range("optim.warmup_epochs", optim.warmup_epochs, 0)
+    check_range("precise_bn", cfg.precise_bn, 0)
+    check_range("devices", cfg.devices, 1)
+    check_range("num_nodes", cfg.num_nodes, 1)
+    check_range("dist_timeout", cfg.dist_timeout, 0, open_low=True)
+    if cfg.source_chunk is not None:
+        check_range("source_chunk", cfg.source_chunk, 0)
+    for i, source in enumerate(cfg.sources):
+        check_range(f"sources[{i}].weight", source.weight, 0)
+        if source.input_size is not None:
+            check_range(f"sources[{i}].input_size", source.input_size, 1)
+        if source.resize_factor is not None:
+            check_range(f"sources[{i}].resize_factor", source.resize_factor, 0, open_low=True)
+
+
+DATASET_OPTIONS = {
+    "data.image_size": (lambda d: d.image_size is not None, ("fashion_mnist", "cifar10", "cifar100", "stl10")),
+    "data.clip_len": (lambda d: d.clip_len != DataConfig.clip_len, ("fashion_mnist", "cifar10", "cifar100", "stl10",
+                                                                    "imagefolder", "voc2007")),
+    "data.video_split": (lambda d: d.video_split != DataConfig.video_split,
+                         ("fashion_mnist", "cifar10", "cifar100", "stl10", "imagefolder", "voc2007")),
+}  # fmt: skip
+"""Options a built-in dataset ignores, with when they count as set: a run that sets one would store a value that
+was never used (``data.image_size 64`` on Fashion-MNIST trains at 32 px), so it is refused instead."""
+
+
+def _check_used_by_dataset(cfg: TrainConfig) -> None:
+    for key, (is_set, ignored_by) in DATASET_OPTIONS.items():
+        if cfg.data.name in ignored_by and is_set(cfg.data):
+            value = getattr(cfg.data, key.split(".")[1])
+            raise UserError(f"{key} {value} is not used by dataset {cfg.data.name!r}; leave it unset (its default)")
 
 
 def _check_strong_views(cfg: TrainConfig) -> None:

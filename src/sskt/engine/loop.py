@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from sskt.config import TrainConfig
 from sskt.data import DatasetSpec, TrainStream, build_dataset
 from sskt.engine.checkpoint import INPUTS, check_inputs, load_checkpoint, run_inputs, save_atomic, stream_splits
 from sskt.engine.checks import check_config
+from sskt.engine.distributed import fabric_strategy, peers_watched
 from sskt.engine.evaluation import calibration_data, eval_splits, evaluate_splits, headline_metric
 from sskt.engine.precise_bn import recompute_bn_stats
 from sskt.engine.progress import EpochProgress, epoch_line
@@ -23,6 +25,7 @@ from sskt.engine.seeding import rng_state, seed_everything, set_rng_state
 from sskt.engine.soft_cache import attach_cache, frozen_networks
 from sskt.engine.trackers import build_trackers, tracker_metrics
 from sskt.engine.weights import save_target
+from sskt.errors import UserError
 from sskt.methods import METHODS, Method, MethodContext
 from sskt.rundir import RunDir
 
@@ -34,7 +37,7 @@ def build_fabric(cfg: TrainConfig, run: RunDir) -> Fabric:
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
+        strategy=fabric_strategy(cfg),
         precision=cfg.precision,
         loggers=build_trackers(cfg, run),
     )
@@ -50,11 +53,12 @@ def train(cfg: TrainConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
     fabric = build_fabric(cfg, run)
-    fabric.launch()
-    # Nothing is written into the run directory before the data, the networks and the sources are built.
-    spec, stream, method = build_parts(cfg, fabric)
-    with run.locked() if fabric.is_global_zero else contextlib.nullcontext():
-        return _train(cfg, run, fabric, (spec, stream, method), started)
+    with peers_watched(fabric, cfg.dist_timeout):  # another process that stops is one line naming it
+        fabric.launch()
+        # Nothing is written into the run directory before the data, the networks and the sources are built.
+        spec, stream, method = build_parts(cfg, fabric)
+        with run.locked() if fabric.is_global_zero else contextlib.nullcontext():
+            return _train(cfg, run, fabric, (spec, stream, method), started)
 
 
 def resolve_paths(cfg: TrainConfig) -> TrainConfig:
@@ -97,6 +101,7 @@ def _train(cfg: TrainConfig, run: RunDir, fabric: Fabric, parts: tuple, started:
 
     for epoch in range(state["epoch"], cfg.epochs):
         record = train_epoch(fabric, method, stream, epoch) | method.epoch_facts()
+        stop_if_diverged(record, run, cfg)  # before this epoch's weights are evaluated or saved
         account(state, record)
 
         # Evaluate every eval_every epochs and after the last one.
@@ -122,6 +127,28 @@ def _train(cfg: TrainConfig, run: RunDir, fabric: Fabric, parts: tuple, started:
     if not metrics:
         metrics = measure(method, splits, spec, fabric, calibration)
     return finish(cfg, run, fabric, method, state, metrics, selectors, spec)
+
+
+def first_nonfinite(losses: list[Tensor]) -> int | None:
+    """The 1-based step whose loss was first NaN or infinite in this process (None: only another process's was)."""
+    bad = (~torch.isfinite(torch.stack(losses).float())).nonzero() if losses else []
+    return int(bad[0]) + 1 if len(bad) else None
+
+
+def stop_if_diverged(record: dict, run: RunDir, cfg: TrainConfig) -> None:
+    """Stop a run whose training loss became NaN or infinite, in one line naming the epoch and step, before the
+    broken weights are evaluated, recorded or saved: ``last.pt`` keeps the last good epoch and no summary is
+    written, so nothing looks like a result. The epoch's mean loss, read once per epoch anyway, is the test: no
+    step waits for the device."""
+    if "nonfinite_step" not in record:
+        return
+    epoch, step = record["epoch"], record["nonfinite_step"]
+    where = f"epoch {epoch}, step {step}" if step else f"epoch {epoch} (in another process's rows)"
+    kept = f"{run.checkpoint} keeps epoch {epoch - 1}" if epoch > 1 else "no checkpoint was written"
+    raise UserError(
+        f"the training loss became {record['train_loss']} at {where}; training stopped ({kept}, no summary). "
+        f"Try a lower optim.lr (now {cfg.optim.lr:g}), precision 32-true, or positive loss temperatures, in a new --out"
+    )
 
 
 def account(state: dict, record: dict) -> None:
@@ -212,6 +239,7 @@ def train_epoch(fabric: Fabric, method: Method, stream: TrainStream, epoch: int)
     lr = method.lr()
     sums: dict[str, Tensor] = {}
     counts: dict[str, int] = {}
+    losses: list[Tensor] = []  # each step's loss, left on device: read only when the epoch's mean is not finite
     images = 0
     method.start_epoch(epoch)
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -222,6 +250,7 @@ def train_epoch(fabric: Fabric, method: Method, stream: TrainStream, epoch: int)
             method.start_phase(phase)
             for batch in stream.epoch(epoch):
                 out = method.training_step(batch.to(fabric.device))
+                losses += [] if out.loss is None else [out.loss.detach()]
                 for key, value in {"train_loss": out.loss, **out.logs}.items():
                     if value is not None:
                         sums[key] = sums.get(key, 0) + value.float()
@@ -234,7 +263,8 @@ def train_epoch(fabric: Fabric, method: Method, stream: TrainStream, epoch: int)
     images = int(fabric.all_reduce(torch.tensor(float(images), device=fabric.device), reduce_op="sum").item())
     means = fabric.all_reduce(sums, reduce_op="mean")
     means = {k: (v / counts[k]).item() for k, v in means.items()}
-    return {
+    diverged = {} if math.isfinite(means.get("train_loss", 0.0)) else {"nonfinite_step": first_nonfinite(losses)}
+    return diverged | {
         "epoch": epoch + 1,
         "train_loss": means.pop("train_loss", float("nan")),  # NaN: no step trained (the L-BFGS probe)
         "lr": lr,

@@ -17,6 +17,7 @@ import torch
 
 from sskt.config import TrainConfig
 from sskt.data.spec import DatasetSpec
+from sskt.engine.distributed import long_barrier
 from sskt.errors import UserError
 from sskt.files import write_text_atomic
 from sskt.methods import METHODS
@@ -52,7 +53,7 @@ def attach_cache(cfg: TrainConfig, spec: DatasetSpec, stream, fabric, frozen: di
     start = time.perf_counter()
     if fabric.is_global_zero:
         open_cache(cfg, spec, stream, sources, show_progress=cfg.progress)
-    fabric.barrier()
+    long_barrier(fabric)  # a build may take hours: longer than dist_timeout
     cache = open_cache(cfg, spec, stream, sources, build=False)
     cache.build_seconds = build_seconds(cache.path, time.perf_counter() - start, fabric.is_global_zero)
     stream.set_view_provider(cache)

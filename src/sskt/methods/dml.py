@@ -18,7 +18,7 @@ from torch.func import functional_call
 
 from sskt.config import HeadConfig, ModelConfig, TrainConfig
 from sskt.data.spec import Batch
-from sskt.errors import UserError
+from sskt.errors import UserError, check_range
 from sskt.losses.mutual import dml_loss
 from sskt.methods.base import METHODS, Method, MethodContext, StepOutput, label_loss
 from sskt.models import MODELS, build_target
@@ -43,7 +43,8 @@ class DML(Method):
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
-        """Every peer names a registered model."""
+        """Every peer names a registered model; the temperature divides the logits."""
+        check_range("method.dml.temperature", cfg.method.dml.temperature, 0, open_low=True)
         for peer in cfg.method.dml.peers:
             MODELS.require(peer, "model (method.dml.peers)")
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from sskt import losses
 from sskt.config import KDConfig, SourceConfig, TrainConfig
 from sskt.data.spec import Batch, DatasetSpec
-from sskt.errors import UserError
+from sskt.errors import UserError, check_range
 from sskt.methods.base import MethodContext, label_loss
 from sskt.methods.terms import Forward, Term, term_family
 from sskt.sources import SOURCES, SourceBank
@@ -62,7 +62,13 @@ class KDTerm(Term):
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
-        """A teacher is given and names a source (normally ``checkpoint:<teacher run dir>``)."""
+        """A teacher is given and names a source (normally ``checkpoint:<teacher run dir>``); the temperature divides
+        the logits (0 trains to NaN weights) and lambda mixes two terms."""
+        kd = cfg.method.kd
+        check_range("method.kd.temperature", kd.temperature, 0, open_low=True)
+        check_range("method.kd.lam", kd.lam, 0, 1)
+        if kd.teacher_input_size is not None:
+            check_range("method.kd.teacher_input_size", kd.teacher_input_size, 1)
         if cfg.method.kd.teacher is None:
             raise UserError("method 'kd' needs method.kd.teacher, e.g. checkpoint:runs/teacher (a trained run)")
         SOURCES.require(cfg.method.kd.teacher, "source (method.kd.teacher)")

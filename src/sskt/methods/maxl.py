@@ -36,7 +36,7 @@ from torch.func import functional_call
 
 from sskt.config import HeadConfig, ModelConfig, TrainConfig
 from sskt.data.spec import Batch
-from sskt.errors import UserError
+from sskt.errors import UserError, check_range
 from sskt.losses.maxl import focal_to_probs, label_entropy_penalty, masked_softmax
 from sskt.methods.base import METHODS, Method, MethodContext, StepOutput, single_label_primary
 from sskt.models import MODELS, build_target
@@ -146,7 +146,15 @@ class MAXL(Method):
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
-        """The generator, when given, names a registered model; the exact second-order step runs in one process."""
+        """The generator, when given, names a registered model; the exact second-order step runs in one process;
+        rates, weights and the mask floor inside their ranges."""
+        m = cfg.method.maxl
+        check_range("method.maxl.psi", m.psi, 1)
+        check_range("method.maxl.generator_lr", m.generator_lr, 0, open_low=True)
+        check_range("method.maxl.inner_lr", m.inner_lr, 0)
+        check_range("method.maxl.generator_weight_decay", m.generator_weight_decay, 0)
+        check_range("method.maxl.entropy_weight", m.entropy_weight, 0)
+        check_range("method.maxl.mask_floor", m.mask_floor, 0, 1, open_high=True)
         if cfg.method.maxl.generator is not None:
             MODELS.require(cfg.method.maxl.generator, "model (method.maxl.generator)")
         world = max(cfg.devices * cfg.num_nodes, int(os.environ.get("WORLD_SIZE", "1")))

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from sskt.config import AlphaSchedule, AuxLoss, SourceConfig, SSKTConfig, TrainConfig
 from sskt.data.spec import Batch
-from sskt.errors import UserError, check_choice
+from sskt.errors import UserError, check_choice, check_range
 from sskt.losses import aux_loss
 from sskt.methods.base import MethodContext
 from sskt.methods.terms import Forward, Term, term_family
@@ -59,7 +59,13 @@ class AuxTerm(Term):
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
-        """At least one source, a known auxiliary loss and alpha schedule."""
+        """At least one source, a known auxiliary loss and alpha schedule, and weights and a temperature inside their
+        ranges (a temperature divides the logits; alpha_floor is a fraction of alpha)."""
+        s = cfg.method.sskt
+        check_range("method.sskt.alpha", s.alpha, 0)
+        check_range("method.sskt.temperature", s.temperature, 0, open_low=True)
+        check_range("method.sskt.alpha_warmup_epochs", s.alpha_warmup_epochs, 0)
+        check_range("method.sskt.alpha_floor", s.alpha_floor, 0, 1)
         if not cfg.sources:
             raise UserError("method 'sskt' needs at least one source; set sources: [{name: <source>}] in the config")
         check_choice("method.sskt.aux_loss", cfg.method.sskt.aux_loss, get_args(AuxLoss))
