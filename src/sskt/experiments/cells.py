@@ -125,3 +125,5 @@ class GridResult:
     failed: dict[str, int] = field(default_factory=dict)
     busy: list[str] = field(default_factory=list)
     """Cells another live grid process was running: left to it."""
+    held_back: dict[str, str] = field(default_factory=dict)
+    """Cells the runner chose not to run or stopped (a budget), with its reason: neither finished nor failed."""

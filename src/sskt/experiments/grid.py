@@ -328,6 +328,8 @@ def _record(result: GridResult, cell: Cell, code: int | str, root: Path, console
         result.busy.append(cell.name)
     elif code == "done":
         result.skipped.append(cell.name)
+    elif isinstance(code, str):  # a runner's own reason for not running the cell to its end (a budget)
+        result.held_back[cell.name] = code
     elif code == 0:
         result.finished.append(cell.name)
     else:
