@@ -22,6 +22,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from sskt import processes
 from sskt.config_io import parse_train_args
 from sskt.errors import UserError, check_choice
 
@@ -205,6 +206,13 @@ def advise_command(argv: list[str]) -> int:
     return advise_main(argv)
 
 
+def compare_command(argv: list[str]) -> int:
+    """``sskt compare --config my.yaml [--budget 3h] [--methods ...] [--launcher local|slurm] [--out DIR]``."""
+    from sskt.experiments.compare import compare_main
+
+    return compare_main(argv)
+
+
 COMMANDS: dict[str, Command] = {
     "train": train_command,
     "evaluate": evaluate_command,
@@ -216,6 +224,7 @@ COMMANDS: dict[str, Command] = {
     "predict": predict_command,
     "export": export_command,
     "advise": advise_command,
+    "compare": compare_command,
 }
 
 
@@ -242,18 +251,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(_usage())
         return 0 if args else 2
+    processes.watch_interrupts()
     try:
         command = COMMANDS[check_choice("command", args[0], COMMANDS)]
         return command(args[1:]) or 0
-    except _user_errors() as exc:  # an except clause is evaluated only when an exception arrives
-        if debug:
+    except BaseException as exc:  # a Ctrl-C may reach us as another exception (sskt/processes.py)
+        if debug or not (processes.interrupted(exc) or isinstance(exc, _user_errors())):
             raise
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        print(f"interrupted: {_resume_hint(args)}", file=sys.stderr)
+        if not processes.interrupted(exc):
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        processes.settle_interrupt()
+        if processes.first_process():  # one line, not one per process
+            print(f"interrupted: {_resume_hint(args)}", file=sys.stderr)
         return 130
 
 
