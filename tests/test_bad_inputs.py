@@ -168,3 +168,50 @@ def test_a_relative_data_root_is_stored_resolved(small_fmnist, tmp_path, monkeyp
     assert stored == str(small_fmnist.resolve())
     monkeypatch.chdir(tmp_path)
     assert main(["evaluate", str(out)]) == 0
+
+
+# --- VOC and video data are scanned before training too (issue 26, item 16) -----------------------------------------
+def test_a_damaged_voc_image_is_named_before_training_or_skipped(tmp_path) -> None:
+    from test_voc import write_voc
+
+    root = write_voc(tmp_path / "data", per_split=6)
+    jpeg = root / "VOCdevkit" / "VOC2007" / "JPEGImages" / "tr0002.jpg"
+    jpeg.write_bytes(jpeg.read_bytes()[:300])  # a truncated JPEG
+    cfg = DataConfig(name="voc2007", root=str(root), download=False, image_size=32)
+    with pytest.raises(UserError, match=r"1 image file\(s\) do not decode: .*tr0002\.jpg"):
+        build_dataset(cfg)
+    with pytest.warns(UserWarning, match="skipped 1 image file"):
+        spec = build_dataset(DataConfig(**{**cfg.__dict__, "skip_bad_images": True}))
+    assert len(spec.train) == 5 and len(spec.train.labels) == 5
+
+
+def test_a_damaged_video_frame_is_named_before_training_or_skipped(tmp_path) -> None:
+    from test_video import write_ucf
+
+    root = write_ucf(tmp_path / "data", per_class=2, frames=4)
+    frame = next((root / "frames").rglob("img_00002.jpg"))
+    frame.write_bytes(b"not a jpeg")
+    cfg = DataConfig(name="ucf101", root=str(root), download=False, image_size=16, clip_len=4)
+    with pytest.raises(UserError, match=r"1 image file\(s\) do not decode: .*img_00002\.jpg"):
+        build_dataset(cfg)
+    with pytest.warns(UserWarning, match="skipped 1 image file"):
+        spec = build_dataset(DataConfig(**{**cfg.__dict__, "skip_bad_images": True}))
+    video = spec.train.videos[[str(v) for v in spec.train.videos].index(str(frame.parent))]
+    assert spec.train.num_frames(video) == 3 and spec.train.read(0, 0).shape[1] == 4
+
+
+@pytest.mark.parametrize("which", ["voc", "ucf"])
+def test_an_empty_split_file_is_one_line(tmp_path, which) -> None:
+    from test_video import write_ucf
+    from test_voc import write_voc
+
+    if which == "voc":
+        root = write_voc(tmp_path / "data", per_split=2)
+        (root / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "trainval.txt").write_text("\n")
+        cfg, expected = DataConfig(name="voc2007", root=str(root), download=False), "trainval.txt' lists no images"
+    else:
+        root = write_ucf(tmp_path / "data", per_class=2, frames=2)
+        (root / "splits" / "trainlist01.txt").write_text("")
+        cfg, expected = DataConfig(name="ucf101", root=str(root), download=False), "trainlist01.txt' lists no videos"
+    with pytest.raises(UserError, match=expected):
+        build_dataset(cfg)

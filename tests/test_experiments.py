@@ -395,6 +395,8 @@ def test_report_labels_test_chosen_figures_as_oracles(tmp_path: Path) -> None:
     assert "oracle test_acc (best test epoch)" in text and "oracle - scratch" in text
     assert "val-chosen" not in text.split("## Provenance")[0].split("|", 1)[1]
     assert "No run held out a validation split" in text
+    header = next(line for line in text.splitlines() if line.startswith("| group"))
+    assert "oracle epoch" in header and "chosen epoch" not in header, "no epoch was chosen without validation"
 
 
 def test_report_shows_the_validation_chosen_epoch_and_what_chose_it(tmp_path: Path) -> None:
@@ -497,6 +499,9 @@ def test_report_can_leave_out_the_seeds_that_chose_a_setting(tmp_path: Path) -> 
     assert "Runs of seed(s) 0 are left out." in text and "4 finished runs in 2 group(s)" in text
     kept = paired_diff({s: FINAL["sskt"][s] for s in (1, 2)}, {s: FINAL["scratch"][s] for s in (1, 2)})
     assert kept.format() in text and kept.n == 2
+    assert report_main([str(tmp_path / "runs"), "--out", str(tmp_path / "r7"), "--no-plots", "--drop-seed", "7"]) == 0
+    text = (tmp_path / "r7" / "report.md").read_text()
+    assert "No run is left out: no run has seed(s) 7" in text and "are left out" not in text
 
 
 def test_a_torn_summary_counts_as_unfinished_not_as_a_crash(tmp_path: Path) -> None:

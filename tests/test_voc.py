@@ -121,7 +121,7 @@ def test_the_metric_set_reports_all_three_and_ignores_minus_one() -> None:
     labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, IGNORED], [0.0, 0.0]])
     metrics.update(logits, labels)
     out = metrics.compute()
-    assert set(out) == {"map", "map11", "ap_example", "loss"}
+    assert set(out) == {"map", "map_classes_left_out", "map11", "ap_example", "loss"}
     # class 0: scores 2, 1, 0, -1 over labels 1, 0, 0, 1 -> AP (1 + 2/4) / 2 = 0.75; class 1 (row 3 left out):
     # scores 3, -1, -2 over labels 1, 0, 0 -> AP 1. Macro mean 0.875.
     assert out["map"] == pytest.approx(87.5, abs=1e-3)
@@ -189,3 +189,29 @@ def test_kd_and_dml_run_on_multi_label_data(voc_root, tmp_path) -> None:
         assert 0 <= summary["final"]["test_map"] <= 100
     records = (tmp_path / "kd" / "records.jsonl").read_text()
     assert '"kd_loss"' in records
+
+
+def test_classes_absent_from_the_split_are_left_out_of_the_map() -> None:
+    """Perfect scores on the 2 classes present of 4: mAP 100 (as the 11-point mAP), not 50, and 2 left out."""
+    metrics = MultiLabelMetrics(4)
+    labels = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    metrics.update(labels * 4 - 2, labels)
+    out = metrics.compute()
+    assert out["map"] == 100.0 and out["map11"] == 100.0 and out["map_classes_left_out"] == 2
+
+
+def test_the_headline_map_follows_the_voc_protocol_beside_the_policy(tmp_path) -> None:
+    """Under voc_difficult 'negative' a difficult-only class is a negative for training, but the protocol ignores
+    difficult objects: test_map reads the protocol's labels, test_map_policy the policy's."""
+    metrics = MultiLabelMetrics(1)
+    policy = torch.tensor([[1.0], [0.0], [0.0]])  # row 1: a difficult-only object, a negative under the policy
+    protocol = torch.tensor([[1.0], [IGNORED], [0.0]])
+    metrics.update(torch.tensor([[0.5], [0.9], [0.1]]), torch.stack([policy, protocol], 1))
+    out = metrics.compute()
+    assert out["map"] == 100.0 and out["map_policy"] == 50.0
+    root = write_voc(tmp_path / "data", per_split=4)
+    negative = build_dataset(DataConfig(name="voc2007", root=str(root), download=False, image_size=32))
+    assert negative.test.protocol_labels[1].min() == IGNORED and not (negative.test.labels < 0).any()
+    assert not hasattr(negative.train, "protocol_labels"), "training reads the policy's labels only"
+    ignore = build_dataset(DataConfig(name="voc2007", root=str(root), download=False, voc_difficult="ignore"))
+    assert not hasattr(ignore.test, "protocol_labels"), "under 'ignore' the policy is the protocol"

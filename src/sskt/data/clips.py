@@ -44,6 +44,8 @@ def ucf101_split(folder: Path, split: int, train: bool) -> tuple[list[str], list
             raise UserError(f"{str(lst)!r} names a video of unknown class {name!r}")
         videos.append(path)
         labels.append(classes.index(name))
+    if not videos:
+        raise UserError(f"UCF101 split file {str(lst)!r} lists no videos")
     return videos, labels, classes
 
 
@@ -61,6 +63,8 @@ def hmdb51_split(folder: Path, split: int, train: bool) -> tuple[list[str], list
             if len(parts) == 2 and parts[1] == want:
                 videos.append(f"{classes[k]}/{parts[0]}")
                 labels.append(k)
+    if not videos:
+        raise UserError(f"the HMDB51 split files in {str(folder)!r} list no {'training' if train else 'test'} videos")
     return videos, labels, classes
 
 

@@ -81,6 +81,9 @@ class SubsetImageSet:
         ids = getattr(split, "video_ids", None)
         if ids is not None:  # test clips keep the video each belongs to (sharded video evaluation)
             self.video_ids = ids[indices]
+        protocol = getattr(split, "protocol_labels", None)
+        if protocol is not None:  # VOC's test labels under its own protocol (sharded evaluation)
+            self.protocol_labels = protocol[indices]
 
     def __len__(self) -> int:
         return len(self.indices)

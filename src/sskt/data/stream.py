@@ -330,7 +330,9 @@ def eval_batches(
     norm = Normalize(spec.mean, spec.std)
     batches = list(torch.arange(len(split)).split(batch_size))
     ids = getattr(split, "video_ids", None)
+    protocol = getattr(split, "protocol_labels", None)  # VOC test: [b, 2, K], the policy's and the protocol's labels
     for idx, raw in zip(batches, read_batches(split, batches, num_workers), strict=True):
         raw = raw if device is None else raw.to(device, non_blocking=True)
         labels = split.labels[idx] if ids is None else torch.stack([split.labels[idx], ids[idx]], 1)
+        labels = labels if protocol is None else torch.stack([labels, protocol[idx]], 1)
         yield norm(augment.apply(raw, augment.identity_params(len(idx)))), labels.to(raw.device)

@@ -25,7 +25,7 @@ from torch import Tensor
 from sskt.config import DataConfig
 from sskt.data.clips import clip_frames, eval_clip_starts, hmdb51_split, train_clip_start, ucf101_split
 from sskt.data.datasets import DATASETS, STATS, default_root
-from sskt.data.folder import IMAGE_EXTENSIONS, decode_image
+from sskt.data.folder import IMAGE_EXTENSIONS, decode_image, scan_images, settle_bad_images
 from sskt.data.spec import DatasetSpec
 from sskt.errors import UserError, install_hint
 
@@ -51,8 +51,11 @@ class VideoSet:
     """Clips of videos: item ``k`` is video ``videos[k]`` from frame ``starts[k]`` (0 for training items, whose
     start the stream draws), uint8 [3, clip_len, H, W]; ``labels`` int64 [N]; ``video_ids`` tags test clips."""
 
-    def __init__(self, videos: list[Path], labels: Tensor, size: tuple[int, int], clip_len: int, starts=None, ids=None):
+    def __init__(
+        self, videos: list[Path], labels: Tensor, size: tuple[int, int], clip_len: int, starts=None, ids=None, skip=()
+    ):
         self.videos, self.labels, self.size, self.clip_len = videos, labels, size, clip_len
+        self.skip = frozenset(skip)  # frames that do not decode, left out (data.skip_bad_images)
         self.starts = starts or [0] * len(videos)
         self.video_ids = None if ids is None else torch.as_tensor(ids, dtype=torch.long)
         self._frames: dict[Path, list[Path]] = {}
@@ -63,8 +66,8 @@ class VideoSet:
 
     def frame_files(self, video: Path) -> list[Path]:
         if video not in self._frames:
-            files = sorted(p for p in video.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if video.is_dir() else []
-            self._frames[video] = files
+            files = _frame_files(video) if video.is_dir() else []
+            self._frames[video] = [f for f in files if f not in self.skip]
         return self._frames[video]
 
     def num_frames(self, video: Path) -> int:
@@ -100,6 +103,24 @@ class VideoSet:
         return {"videos": [str(v) for v in self.videos], "starts": self.starts, "labels": self.labels.tolist()}
 
 
+def _frame_files(video: Path) -> list[Path]:
+    return sorted(p for p in video.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def scan_frames(root: Path, videos: list[Path], bad: list[Path]) -> None:
+    """Decode every frame of the frame folders among ``videos`` once before training (remembered across runs, as an
+    image folder's scan is), so that a damaged frame is named now rather than failing mid-epoch; append those that
+    do not decode to ``bad``. A frame folder without frames is refused. Video files are decoded when first read,
+    and one that does not decode is named then."""
+    frames = []
+    for video in dict.fromkeys(v for v in videos if v.is_dir()):
+        files = _frame_files(video)
+        if not files:
+            raise UserError(f"frame folder {str(video)!r} holds no frames ({', '.join(IMAGE_EXTENSIONS)})")
+        frames += files
+    bad += scan_images(frames, root / "frames")[1]
+
+
 def _locate(root: Path, relative: str) -> Path:
     """The frame folder of a split entry when it exists, else its video file."""
     frames = root / "frames" / Path(relative).with_suffix("")
@@ -120,18 +141,22 @@ def video_dataset(cfg: DataConfig, name: str) -> DatasetSpec:
     parse = ucf101_split if name == "ucf101" else hmdb51_split
     side = cfg.image_size or 112
     size = (round(side * 8 / 7), round(side * 8 / 7 * 4 / 3))
-    sets = {}
+    sets, bad = {}, []
     for split, train in (("train", True), ("test", False)):
         entries, labels, classes = parse(root / "splits", cfg.video_split, train)
         videos = [_locate(root, e) for e in entries]
+        broken: list[Path] = []
+        scan_frames(root, videos, broken)
+        settle_bad_images(broken, cfg.skip_bad_images)
+        bad += broken
         if train:
-            sets[split] = VideoSet(videos, torch.tensor(labels), size, cfg.clip_len)
+            sets[split] = VideoSet(videos, torch.tensor(labels), size, cfg.clip_len, skip=bad)
             continue
-        probe = VideoSet(videos, torch.tensor(labels), size, cfg.clip_len)
+        probe = VideoSet(videos, torch.tensor(labels), size, cfg.clip_len, skip=bad)
         clips = [(k, s) for k, v in enumerate(videos) for s in eval_clip_starts(probe.num_frames(v), cfg.clip_len)]
         sets[split] = VideoSet(
             [videos[k] for k, _ in clips], torch.tensor([labels[k] for k, _ in clips]), size, cfg.clip_len,
-            starts=[s for _, s in clips], ids=[k for k, _ in clips],
+            starts=[s for _, s in clips], ids=[k for k, _ in clips], skip=bad,
         )  # fmt: skip
     mean, std = STATS["imagenet"]
     return DatasetSpec(name, sets["train"], sets["test"], len(classes), mean, std, side, "video", list(classes))

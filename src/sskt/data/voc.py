@@ -23,7 +23,7 @@ from torch import Tensor
 
 from sskt.config import DataConfig
 from sskt.data.datasets import DATASETS
-from sskt.data.folder import decode_image
+from sskt.data.folder import decode_image, scan_images, settle_bad_images
 from sskt.data.spec import DatasetSpec
 from sskt.errors import UserError, check_choice
 
@@ -69,10 +69,14 @@ def multi_hot(objects: list[tuple[str, bool]], policy: str) -> Tensor:
 
 
 class VOCImageSet:
-    """One VOC split: JPEGs decoded on demand at ``size`` (H, W), multi-hot ``labels`` float [N, 20]."""
+    """One VOC split: JPEGs decoded on demand at ``size`` (H, W), multi-hot ``labels`` float [N, 20] under
+    ``data.voc_difficult``; on the test split, when that policy is not the protocol's, ``protocol_labels`` too: the
+    VOC protocol ignores difficult objects, so a difficult-only class is -1 there (the headline mAP reads them)."""
 
-    def __init__(self, files: list[Path], labels: Tensor, size: tuple[int, int]) -> None:
+    def __init__(self, files: list[Path], labels: Tensor, size: tuple[int, int], protocol: Tensor | None = None):
         self.files, self.labels, self.size = files, labels, size
+        if protocol is not None:
+            self.protocol_labels = protocol
 
     def __len__(self) -> int:
         return len(self.files)
@@ -109,17 +113,30 @@ def voc_folder(cfg: DataConfig) -> Path:
     )
 
 
-def voc_split(folder: Path, split: str, policy: str, size: tuple[int, int]) -> VOCImageSet:
+def voc_split(folder: Path, split: str, policy: str, size: tuple[int, int], bad: list[Path]) -> VOCImageSet:
+    """The images ``ImageSets/Main/<split>.txt`` lists with their labels. Each JPEG is decoded once before training
+    (``scan_images``, remembered across runs) so that a damaged one is named now, not mid-epoch; those that do not
+    decode are left out and appended to ``bad`` (``settle_bad_images`` refuses or skips them)."""
     ids_file = folder / "ImageSets" / "Main" / f"{split}.txt"
     if not ids_file.is_file():
         raise UserError(f"voc2007 split file {str(ids_file)!r} is missing")
     ids = [line.split()[0] for line in ids_file.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise UserError(f"voc2007 split file {str(ids_file)!r} lists no images")
     files = [folder / "JPEGImages" / f"{i}.jpg" for i in ids]
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise UserError(f"voc2007 {split}: {len(missing)} images missing, e.g. {str(missing[0])!r}")
-    labels = torch.stack([multi_hot(parse_annotation(folder / "Annotations" / f"{i}.xml"), policy) for i in ids])
-    return VOCImageSet(files, labels, size)
+    broken = set(scan_images(files, folder / "JPEGImages")[1])
+    bad += sorted(broken)
+    ids = [i for i, f in zip(ids, files, strict=True) if f not in broken]
+    files = [f for f in files if f not in broken]
+    if not files:
+        raise UserError(f"voc2007 {split}: none of the {len(broken)} images listed in {str(ids_file)!r} decodes")
+    objects = [parse_annotation(folder / "Annotations" / f"{i}.xml") for i in ids]
+    labels = torch.stack([multi_hot(o, policy) for o in objects])
+    protocol = torch.stack([multi_hot(o, "ignore") for o in objects]) if split == "test" else None
+    return VOCImageSet(files, labels, size, None if protocol is None or torch.equal(protocol, labels) else protocol)
 
 
 @DATASETS.register("voc2007")
@@ -128,7 +145,9 @@ def voc2007(cfg: DataConfig) -> DatasetSpec:
     folder = voc_folder(cfg)
     side = cfg.image_size or 224
     stored = (round(side * 8 / 7),) * 2
-    train = voc_split(folder, "trainval", cfg.voc_difficult, stored)
-    test = voc_split(folder, "test", cfg.voc_difficult, stored)
+    bad: list[Path] = []
+    train = voc_split(folder, "trainval", cfg.voc_difficult, stored, bad)
+    test = voc_split(folder, "test", cfg.voc_difficult, stored, bad)
+    settle_bad_images(bad, cfg.skip_bad_images)
     mean, std = IMAGENET_STATS
     return DatasetSpec("voc2007", train, test, 20, mean, std, side, task="multi_label", class_names=list(VOC_CLASSES))

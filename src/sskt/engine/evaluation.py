@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import CatMetric, MeanMetric
-from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
+from torchmetrics.classification import MulticlassAccuracy
 
 from sskt.data import eval_batches
 from sskt.data.clips import average_by_video
@@ -59,30 +59,40 @@ class SingleLabelMetrics(TaskMetrics):
 
 class MultiLabelMetrics(TaskMetrics):
     """Multi-label metrics (percent) from the sigmoid scores, labels -1 left out: ``map`` the class-wise mean of
-    non-interpolated average precision (torchmetrics, the headline), ``map11`` VOC07's 11-point interpolated mAP,
-    ``ap_example`` the paper's example-based AP (per image over its classes, averaged over images with a positive
-    class), and the mean binary cross-entropy."""
+    non-interpolated average precision over the classes with a positive image (the headline; ``map_classes_left_out``
+    counts those without one, which would count as AP 0 and cap a perfect score), ``map11`` VOC07's 11-point
+    interpolated mAP, ``ap_example`` the paper's example-based AP (per image over its classes, averaged over images
+    with a positive class), and the mean binary cross-entropy.
+
+    Labels ``[B, 2, K]`` carry the VOC protocol's labels beside the training policy's (``data.voc_difficult``
+    'negative' or 'positive'): ``map`` and ``map11`` then follow the protocol, which ignores difficult objects, and
+    ``map_policy`` is the class-wise mAP under the policy's labels."""
 
     headline = "map"
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
-        self.ap = MultilabelAveragePrecision(num_labels=num_classes, average="macro", ignore_index=-1)
         self.loss = MeanMetric()
-        self.scores, self.targets = CatMetric(nan_strategy="disable"), CatMetric(nan_strategy="disable")
+        self.scores, self.targets, self.protocol = (CatMetric(nan_strategy="disable") for _ in range(3))
+        self.has_protocol = False
 
     def update(self, logits: Tensor, labels: Tensor) -> None:
-        """logits float [B, K], labels float multi-hot [B, K] (-1: ignored)."""
-        self.ap.update(logits.float(), labels.long())
-        self.loss.update(masked_bce(logits, labels))
+        """logits float [B, K], labels float multi-hot [B, K] (-1: ignored) or [B, 2, K] (policy, protocol)."""
+        policy, protocol = (labels[:, 0], labels[:, 1]) if labels.dim() == 3 else (labels, labels)
+        self.has_protocol |= labels.dim() == 3
+        self.loss.update(masked_bce(logits, policy))
         self.scores.update(logits.float())
-        self.targets.update(labels.float())
+        self.targets.update(policy.float())
+        self.protocol.update(protocol.float())
 
     def compute(self) -> dict[str, float]:
-        scores, targets = self.scores.compute(), self.targets.compute()
-        return {
-            "map": round(100.0 * self.ap.compute().item(), 4),
-            "map11": round(100.0 * voc07_map(scores, targets), 4),
+        scores, targets, protocol = self.scores.compute(), self.targets.compute(), self.protocol.compute()
+        mean_ap, left_out = class_map(scores, protocol)
+        out = {"map": round(100.0 * mean_ap, 4), "map_classes_left_out": left_out}
+        if self.has_protocol:
+            out["map_policy"] = round(100.0 * class_map(scores, targets)[0], 4)
+        return out | {
+            "map11": round(100.0 * voc07_map(scores, protocol), 4),
             "ap_example": round(100.0 * example_ap(scores, targets), 4),
             "loss": self.loss.compute().item(),
         }
@@ -102,6 +112,21 @@ def _average_precision(scores: Tensor, positives: Tensor) -> tuple[Tensor, Tenso
     tp = hits.cumsum(0)
     precision = tp / torch.arange(1, len(hits) + 1, device=hits.device)
     return precision, tp / hits.sum().clamp(min=1)
+
+
+def class_map(scores: Tensor, targets: Tensor) -> tuple[float, int]:
+    """``(class-wise mean of non-interpolated AP, classes left out)``: per class, the mean precision at the ranks
+    of its positive images among those whose label is not -1; a class with no positive image has no AP and is left
+    out of the mean (counting it as 0 would cap perfect scores on 2 of 4 present classes at 50)."""
+    aps = []
+    for k in range(scores.shape[1]):
+        keep = targets[:, k] >= 0
+        positives = targets[keep, k] > 0
+        if positives.any():
+            precision, _ = _average_precision(scores[keep, k], positives)
+            order = scores[keep, k].argsort(descending=True, stable=True)
+            aps.append((precision * positives[order].float()).sum() / positives.sum())
+    return (torch.stack(aps).mean().item() if aps else 0.0), scores.shape[1] - len(aps)
 
 
 def voc07_map(scores: Tensor, targets: Tensor) -> float:

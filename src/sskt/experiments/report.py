@@ -240,7 +240,8 @@ def markdown_table(rows: Sequence[Row], metric: str) -> str:
     oracle = not any(r.has_val_choice for r in rows)
     chosen = f"oracle {metric} (best test epoch)" if oracle else f"{metric} at val-chosen epoch"
     head = ["group", "method", f"final {metric}", chosen]
-    head += ["oracle epoch" if oracle else f"{val} (chooses)", "chosen epoch", "wall min"]
+    head += ["oracle epoch"] if oracle else [f"{val} (chooses)", "chosen epoch"]  # nothing was chosen without val
+    head += ["wall min"]
     head += ["final - scratch [95% CI] (n)", f"{'oracle' if oracle else 'val-chosen'} - scratch [95% CI] (n)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -248,7 +249,7 @@ def markdown_table(rows: Sequence[Row], metric: str) -> str:
         at = r.oracle if oracle else r.best
         epoch = summarize(r.group.field("best_test_oracle_epoch")) if oracle else r.best_epoch
         cells = [r.group.label, r.group.method, r.final[metric].format(), at[metric].format()]
-        cells += ["-" if oracle else (r.best[val].format() if val in r.best else "-")]
+        cells += [] if oracle else [r.best[val].format() if val in r.best else "-"]
         cells += [epoch.format(1), wall.format(1)]
         cells += [d.format() if d else "-" for d in (r.diff_final, r.diff_oracle if oracle else r.diff_best)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -321,6 +322,7 @@ def write_report(
 
     roots = [Path(runs_dir)] if isinstance(runs_dir, str | Path) else [Path(r) for r in runs_dir]
     runs, unfinished = collect_runs(roots)
+    dropped = sorted({r.seed for r in runs if r.seed in set(drop_seeds)})
     runs = [r for r in runs if r.seed not in set(drop_seeds)]
     runs, unclocked = on_clock(runs, clock)
     root = roots[0]
@@ -343,7 +345,7 @@ def write_report(
     names = ", ".join(map(str, roots))
     text = _markdown(names, runs, unfinished, rows, metric, [p.relative_to(dest) for p in pictures])
     if drop_seeds:
-        text = text.replace("\n\n", f"\n\nRuns of seed(s) {', '.join(map(str, drop_seeds))} are left out.\n\n", 1)
+        text = text.replace("\n\n", f"\n\n{_dropped_note(drop_seeds, dropped)}\n\n", 1)
     if clock == "cpu":
         note = f"Times are CPU seconds; {unclocked} run(s) recorded without them are left out" if unclocked else ""
         text = text.replace("\n\n", f"\n\n{note or 'Times are CPU seconds'} (overheads stay in wall seconds).\n\n", 1)
@@ -351,6 +353,13 @@ def write_report(
         write_regime_map(runs, dest / "regime_map", metric)
     (dest / "report.md").write_text(text)
     return dest / "report.md"
+
+
+def _dropped_note(asked: Sequence[int], dropped: Sequence[int]) -> str:
+    """What ``--drop-seed`` left out, and which of the seeds it named no run had (a typo must not read as done)."""
+    missing = [s for s in asked if s not in dropped]
+    note = f"Runs of seed(s) {', '.join(map(str, dropped))} are left out." if dropped else "No run is left out:"
+    return note + (f" no run has seed(s) {', '.join(map(str, missing))} (--drop-seed)." if missing else "")
 
 
 _INTRO = (
