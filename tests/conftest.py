@@ -9,6 +9,10 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
+# isort: off
+import sskt  # noqa: F401 - first: it sets OMP_WAIT_POLICY before torch loads its OpenMP runtime (sskt/threads.py)
+
+# isort: on
 import pytest
 import torch
 
