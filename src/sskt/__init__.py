@@ -1,5 +1,7 @@
 """sskt: Self-Supervised Knowledge Transfer via Loosely Supervised Auxiliary Tasks (WACV 2022), with baselines."""
 
+import importlib
+
 from sskt.processes import quiet_start
 from sskt.threads import yield_when_waiting
 
@@ -14,8 +16,6 @@ quiet_start()
 
 def __getattr__(name: str) -> object:
     """``sskt.load_pretrained`` (``sskt.hub``), imported on first use so that ``import sskt`` does not import torch."""
-    if name == "load_pretrained":
-        from sskt.hub import load_pretrained
-
-        return load_pretrained
+    if name == "load_pretrained":  # by name: the package sits below everything it exports lazily
+        return importlib.import_module("sskt.hub").load_pretrained
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
