@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from sskt.cli import main
 from sskt.engine import evaluate, train
-from sskt.inference import preprocess, read_image, sample_batch
+from sskt.inference import collect_images, preprocess, read_image, sample_batch
 from sskt.rundir import RunDir
 from sskt.sources import SOURCES
 from sskt.trained import load_trained, read_card
@@ -286,3 +286,20 @@ def test_a_16_bit_png_is_scaled_by_its_range_not_clipped_to_white(sskt_run, tmp_
     _, card = load_trained(sskt_run["run"].root)
     assert read_image(path, card).float().mean().item() == pytest.approx(128, abs=1)
     assert decode_image(path, (16, 16)).float().mean().item() == pytest.approx(128, abs=1)
+
+
+def test_predict_on_many_images_shows_a_progress_bar_on_a_terminal(sskt_run, colour_folder, monkeypatch) -> None:
+    """Issue 26, item 17: a bar on stderr from PROGRESS_FROM images on, only on a terminal; stdout keeps its lines."""
+    from sskt import inference
+
+    monkeypatch.setattr(inference.sys.stderr, "isatty", lambda: True)
+    assert not inference.progress_bar(inference.PROGRESS_FROM).disable
+    assert inference.progress_bar(inference.PROGRESS_FROM - 1).disable
+    monkeypatch.setattr(inference.sys.stderr, "isatty", lambda: False)
+    assert inference.progress_bar(10 * inference.PROGRESS_FROM).disable, "a pipe or a log file gets no bar"
+    real, bars = inference.progress_bar, []
+    monkeypatch.setattr(inference, "progress_bar", lambda n: bars.append(real(n)) or bars[-1])
+    net, card = load_trained(sskt_run["run"].root)
+    files = collect_images([str(colour_folder / "test")])
+    assert len(list(inference.predict(files, net, card, batch_size=3))) == len(files)
+    assert bars[0].tasks[0].completed == len(files) == bars[0].tasks[0].total

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -103,6 +104,30 @@ def predict(
     per class for multi-label."""
     names = card.class_names or [str(i) for i in range(card.num_classes)]
     k = max(1, min(topk, card.num_classes))
+    with progress_bar(len(files)) as bar:
+        yield from _predict_batches(files, net, card, names, k, batch_size, max_pixels, bar)
+
+
+PROGRESS_FROM = 200
+"""Predicting this many images or more on a terminal shows a progress bar on stderr (stdout keeps its lines)."""
+
+
+def progress_bar(total: int) -> contextlib.AbstractContextManager:
+    """A progress bar over ``total`` images on stderr, shown only on a terminal and for ``PROGRESS_FROM`` images or
+    more (a large folder takes minutes; stdout, which a user may pipe, keeps one line per image and nothing else)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    show = total >= PROGRESS_FROM and sys.stderr.isatty()
+    columns = (TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    bar = Progress(*columns, console=Console(stderr=True), disable=not show, transient=True,
+                   redirect_stdout=False, redirect_stderr=False)  # fmt: skip
+    bar.add_task("images", total=total)
+    return bar
+
+
+def _predict_batches(files, net, card, names, k, batch_size, max_pixels, bar) -> Iterator:  # noqa: ANN001
+    """``predict``'s work, batch by batch, advancing ``bar``."""
     for start in range(0, len(files), batch_size):
         chunk, images, errors = files[start : start + batch_size], [], {}
         for f in chunk:
@@ -119,6 +144,7 @@ def predict(
             values, classes = p.topk(k, dim=1)
             for (f, _), vs, cs in zip(images, values.tolist(), classes.tolist(), strict=True):
                 probs[f] = [(names[c], v) for v, c in zip(vs, cs, strict=True)]
+        bar.advance(bar.task_ids[0], len(chunk))
         for f in chunk:
             yield f, errors.get(f) or probs[f]
 
