@@ -79,7 +79,34 @@ def cases(tmp: Path) -> list[tuple[str, list[str], Path | None]]:
         folder("empty training class folder", empty),
         folder("single-class dataset", single),
         folder("image that does not decode", broken),
+        # issue 26, items 10 and 16
+        train("--method.kd.lam 2", "--method.name", "kd", "--method.kd.lam", "2"),
+        train("--method.kd.temperature 0", "--method.name", "kd", "--method.kd.temperature", "0"),
+        train("--precise_bn -5", "--precise_bn", "-5"),
+        train("--optim.momentum 5", "--optim.momentum", "5"),
+        train("--optim.weight_decay -1", "--optim.weight_decay", "-1"),
+        train("--devices 0", "--devices", "0"),
+        train("--data.image_size 64 on fashion_mnist", "--data.image_size", "64"),
+        train("--data.clip_len 8 on fashion_mnist", "--data.clip_len", "8"),
+        _empty_split("voc2007 with an empty trainval.txt", tmp, "voc"),
+        _empty_split("ucf101 with an empty trainlist01.txt", tmp, "ucf"),
     ]
+
+
+def _empty_split(name: str, tmp: Path, which: str) -> tuple[str, list[str], Path]:
+    """A dataset folder whose training split file lists nothing."""
+    root = tmp / f"empty_{which}"
+    if which == "voc":
+        (root / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main").mkdir(parents=True)
+        (root / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "trainval.txt").write_text("\n")
+    else:
+        (root / "splits").mkdir(parents=True)
+        (root / "splits" / "classInd.txt").write_text("1 a\n2 b\n")
+        (root / "splits" / "trainlist01.txt").write_text("")
+    out = tmp / f"run_empty_{which}"
+    dataset = "voc2007" if which == "voc" else "ucf101"
+    argv = ["train", "--data.name", dataset, "--data.root", str(root), "--data.download", "false", "--epochs", "1"]
+    return name, [*argv, "--progress", "false", "--out", str(out)], out
 
 
 def run_case(argv: list[str], out: Path | None) -> dict:
@@ -94,12 +121,13 @@ def run_case(argv: list[str], out: Path | None) -> dict:
     }
 
 
-def ctrl_c(tmp: Path) -> dict:
-    """SIGINT a training run in its first epoch: one line saying how to resume, exit 130."""
-    out = tmp / "run_interrupted"
+def ctrl_c(tmp: Path, after: float = 20.0) -> dict:
+    """SIGINT a training run ``after`` seconds in (20: its first epoch; under a second: while modules load): one
+    line, exit 130."""
+    out = tmp / f"run_interrupted_{after}"
     argv = ["train", "--data.root", str(FMNIST), "--epochs", "50", "--progress", "false", "--out", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "sskt", *argv], stderr=subprocess.PIPE, text=True)
-    time.sleep(20)
+    time.sleep(after)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     lines = err.strip().splitlines()
@@ -119,8 +147,10 @@ def main() -> int:
             r = rows[name]
             print(f"{r['exit']:>3}  one line {r['one_line']!s:5}  traceback {r['traceback']!s:5}  "
                   f"wrote {r['wrote']!s:5}  {name}: {r['message'][:100]}", flush=True)  # fmt: skip
-        rows["Ctrl-C during training"] = r = ctrl_c(Path(tmp))
-        print(f"{r['exit']:>3}  one line {r['one_line']!s:5}  traceback {r['traceback']!s:5}  Ctrl-C: {r['message']}")
+        for name, after in (("Ctrl-C during training", 20.0), ("Ctrl-C while modules load", 0.4)):
+            rows[name] = r = ctrl_c(Path(tmp), after)
+            flags = f"one line {r['one_line']!s:5}  traceback {r['traceback']!s:5}"
+            print(f"{r['exit']:>3}  {flags}  {name}: {r['message']}")
     bad = [n for n, r in rows.items() if r["traceback"] or not r["one_line"] or r["wrote"]]
     bad += [n for n, r in rows.items() if r["exit"] not in (2, 130)]
     tracebacks = sum(r["traceback"] for r in rows.values())
