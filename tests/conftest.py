@@ -103,7 +103,11 @@ def small_fmnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Fashion-MNIST folder with 60 train and 10 test images per class (600 / 100), cut from the real files."""
     if not (FMNIST / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Fashion-MNIST IDX files missing (install the dataset-fashion-mnist package)")
-    out = tmp_path_factory.mktemp("fmnist")
+    return write_small_fmnist(tmp_path_factory.mktemp("fmnist"))
+
+
+def write_small_fmnist(out: Path) -> Path:
+    """Write the first 60 train and 10 test images per class of the real Fashion-MNIST files into ``out``."""
     for split, per_class in (("train", 60), ("t10k", 10)):
         images = read_idx(FMNIST / f"{split}-images-idx3-ubyte.gz")
         labels = read_idx(FMNIST / f"{split}-labels-idx1-ubyte.gz")
