@@ -17,6 +17,7 @@ from rich.console import Console
 from sskt.config_io import parse_train_args, save_config
 from sskt.engine import train
 from sskt.experiments import compare as compare_module
+from sskt.experiments import compare_time
 from sskt.experiments.compare import compare, parse_budget, parser, row_of, schedule, watch
 from sskt.rundir import RunDir
 
@@ -204,7 +205,7 @@ class _Child:
 def test_a_cell_whose_first_epoch_shows_it_cannot_finish_is_stopped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(compare_module, "POLL_SECONDS", 0.0)
+    monkeypatch.setattr(compare_time, "POLL_SECONDS", 0.0)
     run = RunDir(tmp_path / "cell")
     run.root.mkdir()
     child = _Child(run)

@@ -285,6 +285,11 @@ def card_metadata(card: ModelCard, cfg: dict, result: Result, license: str | Non
 
 
 def card_body(card: ModelCard, cfg: dict, result: Result, license: str | None) -> str:
+    """The Markdown below the card's metadata, for a reader who has only the folder: what was trained (architecture,
+    method, frozen sources, data, epochs, seed, the first ten class names), its ``result``, the two lines that load
+    it with ``sskt.load_pretrained``, how an input must be prepared (size, resize, padding, scaling, normalisation:
+    a network fed differently prepared images gives wrong answers silently), the license, and the upload command,
+    since sskt itself never uses the network."""
     sources = ", ".join(s.get("name", "?") for s in cfg.get("sources") or []) or "none"
     lines = [
         f"# {card.architecture} ({card.method}) on {cfg.get('data', {}).get('name', '?')}",
