@@ -38,6 +38,8 @@ SETTINGS = {
     "old": (True, {}),
     "new": (False, {}),
     "spin1k": (True, {"GOMP_SPINCOUNT": "1000"}),
+    "spin3k": (True, {"GOMP_SPINCOUNT": "3000"}),
+    "spin5k": (True, {"GOMP_SPINCOUNT": "5000"}),
     "spin10k": (True, {"GOMP_SPINCOUNT": "10000"}),
     "spin30k": (True, {"GOMP_SPINCOUNT": "30000"}),
 }
