@@ -4,7 +4,7 @@ OpenMP's worker threads (torch's intra-op pool, GNU libgomp in the PyPI wheels) 
 about 300,000 iterations by default. On two cores beside other work, a spinning worker takes the core that the
 thread it waits for needs. Measured on a quiet 2-core machine with the demo's configs (``benchmarks/contention.py``,
 ``benchmarks/results/contention.json``; ratios to the same run alone, measured in the same run; a fair share of two
-cores is 2x): with the default spinning an epoch took 7.2-14.5x beside one busy single-threaded process and 4.1-6.5x
+cores is 2x): with the default spinning an epoch took 5.9-14.5x beside one busy single-threaded process and 4.1-13.2x
 beside a second training run; with ``OMP_WAIT_POLICY=PASSIVE`` (waiting workers sleep at once) 1.4-1.8x and
 1.3-1.8x, and two grid cells side by side 1.2-1.4x.
 
