@@ -215,3 +215,19 @@ def test_an_empty_split_file_is_one_line(tmp_path, which) -> None:
         cfg, expected = DataConfig(name="ucf101", root=str(root), download=False), "trainlist01.txt' lists no videos"
     with pytest.raises(UserError, match=expected):
         build_dataset(cfg)
+
+
+def test_a_disk_that_fills_under_any_writer_is_one_line(monkeypatch, capsys) -> None:
+    """A tracker's event file (TensorBoard's writer is not ours) hitting ENOSPC mid-run: one line, exit 2."""
+    import errno
+
+    import sskt.cli as cli
+
+    def full(argv):
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/tb/events.out")
+
+    monkeypatch.setitem(cli.COMMANDS, "train", full)
+    assert cli.main(["train"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: no space left on the device writing '/runs/x/tb/events.out'; free space, then rerun with "
+                   "--resume true (the last checkpoint is kept)"]  # fmt: skip

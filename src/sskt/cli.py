@@ -16,6 +16,7 @@ and ``sskt predict`` never imports the training stack (tests/test_startup.py hol
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import os
@@ -239,6 +240,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (UserError,) if jsonargparse is None else (UserError, jsonargparse.ArgumentError)
 
 
+def _disk_full(exc: BaseException) -> str:
+    """One line for a disk that filled up under any writer (a tracker's event file, a library's cache), or ''.
+    Everything sskt writes itself is atomic, so the run's last checkpoint is intact and ``--resume true`` goes on."""
+    if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return ""
+    where = f" writing {exc.filename!r}" if exc.filename else ""
+    return (
+        f"no space left on the device{where}; free space, then rerun with --resume true (the last checkpoint is kept)"
+    )
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -256,10 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = COMMANDS[check_choice("command", args[0], COMMANDS)]
         return command(args[1:]) or 0
     except BaseException as exc:  # a Ctrl-C may reach us as another exception (sskt/processes.py)
-        if debug or not (processes.interrupted(exc) or isinstance(exc, _user_errors())):
+        if debug or not (processes.interrupted(exc) or isinstance(exc, _user_errors()) or _disk_full(exc)):
             raise
         if not processes.interrupted(exc):
-            print(f"error: {_one_line(exc)}", file=sys.stderr)
+            print(f"error: {_disk_full(exc) or _one_line(exc)}", file=sys.stderr)
             return 2
         processes.settle_interrupt()
         if processes.first_process():  # one line, not one per process

@@ -111,12 +111,12 @@ def _start(plan: Plan) -> tuple[Path, int]:
 def _cache_write_error(path: Path, exc: OSError) -> UserError:
     """One line for a cache that cannot be written: a full disk says how much it needs, a folder that is a file or
     read-only says so, each naming ``cache.dir``."""
-    if exc.errno == errno.ENOSPC:
+    if exc.errno == errno.ENOSPC or "No space left" in str(exc):  # numpy's memmap re-raises without the errno
         free = shutil.disk_usage(_existing(path)).free
         return UserError(f"no space left for the soft-label cache in {str(path.parent)!r} ({free / 1e9:.2f} GB "
                          "free); free space or set cache.dir to a larger disk")  # fmt: skip
     return UserError(f"cannot write the soft-label cache under cache.dir {str(path.parent)!r}: "
-                     f"{exc.strerror or type(exc).__name__} ({exc.filename or path})")  # fmt: skip
+                     f"{exc.strerror or str(exc) or type(exc).__name__} ({exc.filename or path})")  # fmt: skip
 
 
 def _existing(path: Path) -> Path:
