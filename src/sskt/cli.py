@@ -21,6 +21,7 @@ import importlib
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from sskt import processes
@@ -251,6 +252,17 @@ def _disk_full(exc: BaseException) -> str:
     )
 
 
+def _quiet_disk_full(default):  # noqa: ANN001, ANN202 - threading.excepthook's own types
+    """A thread's hook that stays silent on a full disk (a tracker's writer thread hits it too; the main thread
+    prints the one line) and defers to ``default`` for anything else."""
+
+    def hook(args) -> None:  # noqa: ANN001 - threading.ExceptHookArgs
+        if not _disk_full(args.exc_value):
+            default(args)
+
+    return hook
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -264,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0 if args else 2
     processes.watch_interrupts()
+    threading.excepthook = _quiet_disk_full(threading.excepthook)
     try:
         command = COMMANDS[check_choice("command", args[0], COMMANDS)]
         return command(args[1:]) or 0

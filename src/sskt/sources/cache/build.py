@@ -108,11 +108,15 @@ def _start(plan: Plan) -> tuple[Path, int]:
     return partial, 0
 
 
+FULL_BYTES = 1 << 20
+"""Below this many free bytes on the cache's disk, a failed write is a full disk, whatever the error says."""
+
+
 def _cache_write_error(path: Path, exc: OSError) -> UserError:
     """One line for a cache that cannot be written: a full disk says how much it needs, a folder that is a file or
     read-only says so, each naming ``cache.dir``."""
-    if exc.errno == errno.ENOSPC or "No space left" in str(exc):  # numpy's memmap re-raises without the errno
-        free = shutil.disk_usage(_existing(path)).free
+    free = shutil.disk_usage(_existing(path)).free
+    if exc.errno == errno.ENOSPC or free < FULL_BYTES:  # a short write ("N requested and M written") has no errno
         return UserError(f"no space left for the soft-label cache in {str(path.parent)!r} ({free / 1e9:.2f} GB "
                          "free); free space or set cache.dir to a larger disk")  # fmt: skip
     return UserError(f"cannot write the soft-label cache under cache.dir {str(path.parent)!r}: "
