@@ -30,7 +30,7 @@ import yaml
 from torch import nn
 
 from sskt.errors import UserError
-from sskt.inference import PARITY_TOLERANCE, RUN_FILES, refuse_non_finite, sample_batch
+from sskt.inference import PARITY_TOLERANCE, RUN_FILES, refuse_non_finite, sample_batch, writable_parent
 from sskt.rundir import CONFIG, RunDir
 from sskt.trained import FORMAT, ModelCard, check_card, check_card_sources, load_trained, network, read_weights
 
@@ -124,14 +124,7 @@ def check_out_dir(out: str | Path, force: bool, run: str | Path) -> Path:
         raise UserError(f"--out {str(out)!r} is a file; --format hf writes a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UserError(f"--out {str(out)!r} exists and is not empty; pass --force to replace it, or pick another")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        why = exc.strerror or type(exc).__name__
-        raise UserError(f"cannot create the folder of --out {str(out)!r}: {why}") from exc
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise UserError(f"--out {str(out)!r} cannot be written ({str(out.parent)!r} is read-only)")
-    return out
+    return writable_parent(out)
 
 
 def write_folder(tmp: Path, run: str | Path, card: ModelCard, input_size: list[int], readme: str) -> None:

@@ -236,6 +236,11 @@ def check_out(out: str | Path, force: bool) -> Path:
             raise UserError(f"--out {str(out)!r} exists and is not a regular file; pick another --out")
         if not force:
             raise UserError(f"--out {str(out)!r} already exists; pass --force to replace it, or pick another --out")
+    return writable_parent(out)
+
+
+def writable_parent(out: Path) -> Path:
+    """``out``, once the folder it goes in exists and may be written; a one-line UserError otherwise."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
