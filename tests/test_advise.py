@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import error_line, make_tiny_cfg
 
-from sskt.config import TrainConfig
+from sskt.config import SourceConfig, TrainConfig
 from sskt.config_io import save_config
+from sskt.engine import train
 from sskt.errors import UserError
 from sskt.experiments import advise as advise_module
 from sskt.experiments.advise import advise_main
@@ -200,3 +201,24 @@ def test_a_source_trained_on_the_task_ranks_above_one_with_random_weights(small_
     assert [r["source"] for r in rows] == sources
     assert rows[0]["headroom"] > 0 and rows[0]["probe_val_acc"] > rows[1]["probe_val_acc"] + 5
     assert rows[0]["leep"] > rows[1]["leep"] and rows[0]["nce"] > rows[1]["nce"]
+
+
+def test_the_lbfgs_teacher_reads_the_features_advise_cached(
+    small_fmnist: Path, tmp_path: Path, counted: list[int]
+) -> None:
+    """advise and the adapted teacher of the same split share one forward of the source over its images."""
+    cfg, config = _config(small_fmnist, tmp_path)
+    ref, out = _reference(cfg, tmp_path / "ref"), tmp_path / "advice"
+    argv = ["--config", str(config), "--sources", SOURCE, "--input-sizes", "32", "--reference", str(ref)]
+    assert advise_main([*argv, "--out", str(out)]) == 0
+    assert counted == [300]
+    advised = json.loads((out / "advise.json").read_text())["rows"][0]
+
+    cfg.out, cfg.epochs, cfg.precise_bn = str(tmp_path / "teacher"), 1, 0
+    cfg.method.name, cfg.sources = "probe", [SourceConfig(name=SOURCE, input_size=32, bn_mode="eval")]
+    cfg.method.probe.solver, cfg.method.probe.l2 = "lbfgs", [0.1]
+    summary = train(cfg)
+    assert counted == [300]  # the teacher's fit computed no features
+    assert summary["final"]["probe_l2"] == 0.1
+    # The same fit on the same features; the run's accuracy comes from its own forward (100 images: 1 point each).
+    assert abs(summary["final"]["val_acc"] - advised["probe_val_acc"]) <= 2.0

@@ -211,6 +211,10 @@ class ProbeConfig:
     L-BFGS, its L2 strength chosen on the validation split (needs data.val_per_class and epochs: 1)."""
     l2: list[float] | None = None
     """L2 strengths tried by 'lbfgs' (mean cross-entropy + l2/2 ||W||^2); None: 1e-4 to 10, half a decade apart."""
+    feature_cache: bool = True
+    """'lbfgs': read the labelled and validation images' features from the feature cache under the cache root
+    (cache.dir, $SSKT_CACHE or ~/.cache/sskt: the one ``sskt advise`` fills), computing and storing them there when
+    missing, so one forward of the source serves advise and the teacher; false: compute them in the run only."""
 
 
 @dataclass

@@ -23,8 +23,16 @@ from sskt.config import ProbeSolver, TrainConfig
 from sskt.data.spec import Batch
 from sskt.errors import UserError, check_choice
 from sskt.methods.base import METHODS, MethodContext, SingleNetMethod, StepOutput, single_label_primary
+from sskt.data.datasets import SubsetImageSet
+from sskt.sources.base import build_source
+from sskt.sources.cache.key import cache_root
+from sskt.sources.features import source_features
 from sskt.sources.linear_eval import L2_GRID, choose_l2
 from sskt.sources.probe import PROBE, build_probe
+
+
+Pair = tuple[Tensor, Tensor]
+"""Features [N, D] and labels [N]."""
 
 
 @METHODS.register("probe")
@@ -76,11 +84,28 @@ class Probe(SingleNetMethod):
         start = time.perf_counter()
         probe = self.networks["target"].raw
         grid = tuple(self.cfg.method.probe.l2 or L2_GRID)
-        fit = choose_l2(features(probe, data["labeled"]), features(probe, data["val"]), probe.fc.out_features, grid)
+        cached = self.cached_features(data, next(probe.parameters()).device)
+        labeled, val = cached or (features(probe, data["labeled"]), features(probe, data["val"]))
+        fit = choose_l2(labeled, val, probe.fc.out_features, grid)
         with torch.no_grad():
             probe.fc.weight.copy_(fit.weight)
             probe.fc.bias.copy_(fit.bias)
         self.fit_facts = {"probe_l2": fit.l2, "probe_fit_seconds": time.perf_counter() - start}
+
+    def cached_features(self, data: Mapping[str, Iterable], device: torch.device) -> tuple[Pair, Pair] | None:
+        """With ``method.probe.feature_cache``, the labelled and validation images' features from the feature cache that
+        ``sskt advise`` fills (``sskt.sources.features``, keyed by the source's weights, sizes and the images), so a
+        source is run over them once for advise and the teacher alike; None when the splits are not training
+        images (then ``features`` reads the batches)."""
+        spec = self.ctx.spec
+        splits = [getattr(data.get(name), "split", None) for name in ("labeled", "val")]
+        if not self.cfg.method.probe.feature_cache or not all(isinstance(s, SubsetImageSet) and s.split is spec.train for s in splits):
+            return None
+        source = build_source(self.cfg.sources[0], spec.mean, spec.std)
+        wanted = torch.cat([s.indices for s in splits])
+        found = source_features(source, spec, wanted, cache_root(self.cfg.cache), self.cfg.data.eval_batch_size,
+                                str(device), show=False)  # fmt: skip
+        return tuple((found.rows(s.indices)[0], s.labels) for s in splits)  # type: ignore[return-value]
 
     def epoch_facts(self) -> dict[str, float]:
         return super().epoch_facts() | self.fit_facts
