@@ -14,18 +14,20 @@ import pytest
 from conftest import error_line, make_colour_cfg
 from rich.console import Console
 
+from sskt.config import TrainConfig
 from sskt.config_io import parse_train_args, save_config
 from sskt.engine import train
 from sskt.experiments import compare as compare_module
 from sskt.experiments import compare_time
 from sskt.experiments.compare import compare, parse_budget, parser, row_of, schedule, watch
+from sskt.experiments.compare_plan import ROWS, variants
 from sskt.rundir import RunDir
 
 
 def _config(colour_folder: Path, tmp_path: Path, epochs: int = 4, unlabeled: bool = False) -> Path:
-    """The colour folder at ``epochs``, no validation split (compare makes one), SSKT's source at 32 px."""
+    """The colour folder at ``epochs``, no validation split (compare makes one), SSKT's source at 32 px, KD's lam 1."""
     cfg = make_colour_cfg(colour_folder, tmp_path / "unused", "sskt")
-    cfg.epochs = epochs
+    cfg.epochs, cfg.method.kd.lam = epochs, 1.0
     if unlabeled:
         cfg.data.labels_per_class, cfg.data.unlabeled, cfg.data.unlabeled_ratio = 12, "rest", 1
     path = tmp_path / "my.yaml"
@@ -78,7 +80,7 @@ def test_compare_finishes_within_its_budget_picks_by_validation_and_resumes(
     config, out, trainer = _config(colour_folder, tmp_path, epochs=2), tmp_path / "cmp", Charged()
     # the search: 6 s for the teacher and 6 s for each row at 1 epoch (30 s); a fresh seed: 14 s for scratch and
     # SSKT, up to 27 s with the teacher and three rows; 70 s leaves room for two seeds at most, one at least
-    argv = ["--config", str(config), "--budget", "70s", "--out", str(out)]
+    argv = ["--config", str(config), "--budget", "70s", "--out", str(out), "--fixed-weights"]
     result, printed = _run(argv, trainer, trainer.clock)
 
     # the search: the teacher, then four rows at half the schedule on seed 100; a validation split made here
@@ -108,7 +110,8 @@ def test_compare_finishes_within_its_budget_picks_by_validation_and_resumes(
                                                                      result["left_out"])  # fmt: skip
 
 
-VAL = {"scratch": 80, "sskt": 82, "kd": 85, "dho": 84, "sskt_pool": 86, "kd_pool": 83, "dho_pool": 81, "fixmatch": 79}
+VAL = {"scratch": 80, "sskt": 82, "kd": 85, "dho": 84, "sskt_pool": 86, "kd_pool": 83, "dho_pool": 81, "fixmatch": 79,
+       "sskt_a0.5": 88, "kd_l0.5": 80}  # fmt: skip
 
 
 class StandIn:
@@ -153,7 +156,7 @@ def test_the_search_halves_by_validation_and_the_budget_leaves_out_what_does_not
     colour_folder: Path, tmp_path: Path, budget: str, rungs: int, pick: str, seeds: list[int]
 ) -> None:
     config, out, trainer = _config(colour_folder, tmp_path, unlabeled=True), tmp_path / "cmp", StandIn()
-    argv = ["--config", str(config), "--budget", budget, "--out", str(out)]
+    argv = ["--config", str(config), "--budget", budget, "--out", str(out), "--fixed-weights"]
     result, printed = _run(argv, trainer, trainer.clock)
 
     assert [r["epochs"] for r in result["rungs"]] == [1, 2][:rungs]
@@ -174,6 +177,29 @@ def test_the_search_halves_by_validation_and_the_budget_leaves_out_what_does_not
     ran = len(trainer.calls)
     again, _ = _run(argv, trainer, trainer.clock)
     assert len(trainer.calls) == ran and again["seeds"] == seeds and again["verdict"] == result["verdict"]
+
+
+def test_the_first_rung_searches_each_rows_loss_weight_and_the_best_goes_on(
+    colour_folder: Path, tmp_path: Path
+) -> None:
+    config, out, trainer = _config(colour_folder, tmp_path), tmp_path / "cmp", StandIn()
+    argv = ["--config", str(config), "--budget", "10m", "--out", str(out), "--seeds", "2"]
+    result, printed = _run(argv, trainer, trainer.clock)
+
+    # one rung at 2 epochs: four rows, six settings (SSKT's alpha and KD's lam at 1 and 0.5)
+    searched = sorted(c for c in trainer.calls if c.endswith("_e2-seed100"))
+    assert searched == sorted(f"{r}_e2-seed100" for r in ["scratch", "sskt", "sskt_a0.5", "kd", "kd_l0.5", "dho"])
+    assert "search rung 1/1: 4 rows (6 settings) at 2 epochs" in printed
+    assert RunDir(out / "search" / "sskt_e2-seed100").read_config().method.sskt.alpha == 1.0
+    assert RunDir(out / "search" / "kd_l0.5_e2-seed100").read_config().method.kd.lam == 0.5
+    # each row goes on at its best weight: SSKT at alpha 0.5 (88 > 82), KD at its own (91 > 80)
+    (rung,) = result["rungs"]
+    assert rung["order"] == ["kd", "sskt_a0.5", "dho", "scratch"] and rung["kept"] == ["kd", "sskt_a0.5"]
+    assert "loss weights beaten: sskt, kd_l0.5" in printed
+    assert result["verdict"]["pick"] == "kd"
+    # the confirmation trains the chosen setting under its own name
+    assert RunDir(out / "confirm" / "sskt_a0.5-seed0").read_config().method.sskt.alpha == 0.5
+    assert not (out / "confirm" / "sskt-seed0").exists()
 
 
 def test_schedule_and_budget() -> None:
@@ -229,3 +255,12 @@ def test_bad_input_is_one_line(
     err = error_line(capsys, ["compare", "--config", str(config), "--out", str(tmp_path / "c"), *args])
     assert expected in err
     assert not (tmp_path / "c").exists()
+
+
+def test_the_searched_weights_start_from_the_configs_own() -> None:
+    cfg = TrainConfig()
+    cfg.method.kd.lam = 0.9
+    kd = [(v.name, dict(v.settings)["method.kd.lam"], v.family) for v in variants(ROWS["kd"], cfg, fixed=False)]
+    assert kd == [("kd", 0.9, ""), ("kd_l1", 1.0, "kd"), ("kd_l0.5", 0.5, "kd")]
+    assert variants(ROWS["kd"], cfg, fixed=True) == [ROWS["kd"]]
+    assert variants(ROWS["dho"], cfg, fixed=False) == [ROWS["dho"]]

@@ -82,6 +82,8 @@ def parser() -> ArgumentParser:
     p.add_argument("--config", type=str, required=True, help="The run's YAML config (data, target, sources, epochs).")
     p.add_argument("--budget", type=str, default="3h", help="Machine time for every cell together: 3h, 90m, 1h30m.")
     p.add_argument("--methods", type=str, nargs="+", default=None, help=f"Rows besides scratch: {', '.join(ROWS)}.")
+    p.add_argument("--fixed-weights", action="store_true",
+                   help="Keep the config's loss weights (SSKT's alpha, KD's lam) instead of searching them.")
     p.add_argument("--seeds", type=int, default=3, help="Fresh seeds that confirm the survivors (at most).")
     p.add_argument("--search-seed", type=int, default=SEARCH_SEED, help="The seed that chooses.")
     p.add_argument("--launcher", type=str, default="local", help="'local' (here) or 'slurm' (waits for each stage).")
@@ -151,15 +153,16 @@ def validation_of(run_dir: Path) -> float | None:
 
 
 def ranked(plan: Plan, scores: dict[str, float | None]) -> list[str]:
-    """Rows with a score, best first; a tie goes to the row listed first (scratch, then the simpler methods)."""
-    order = [r.name for r in plan.rows]
+    """Rows with a score, best first; a tie goes to the row listed first (scratch, then the simpler methods; a row's
+    own weight before its variants)."""
+    order = [r.name for r in plan.candidates]
     return sorted((n for n, v in scores.items() if v is not None), key=lambda n: (-scores[n], order.index(n)))
 
 
 def confirm_rows(plan: Plan, survivors: list[str]) -> list[Row]:
     """The survivors and scratch + EMA, the reference every pick is paired with, in the rows' order."""
     wanted = {"scratch", *survivors}
-    return [r for r in plan.rows if r.name in wanted]
+    return [r for r in plan.candidates if r.name in wanted]
 
 
 def confirmation_reserve(ctx: Context, top: list[str]) -> float:
@@ -177,15 +180,21 @@ def score_rung(ctx: Context, grid: Grid, cells: list[Cell], last: bool) -> dict[
     """The rung's validation scores, its ranking and the rows it keeps (the better half; ``SURVIVORS`` at the end)."""
     scores = {row_of(c.name): validation_of(grid.out / c.name) for c in cells if row_of(c.name) != TEACHER}
     order = ranked(ctx.plan, scores)
+    best = {}  # each row's best setting: ``order`` is best first
+    for name in order:
+        best.setdefault(ctx.plan.family(name), name)
+    weights = [n for n in order if n not in best.values()]
+    order = list(best.values())
     keep = order[: SURVIVORS if last else max(SURVIVORS, math.ceil(len(order) / 2))]
     shown = ", ".join(f"{n} {scores[n]:.2f}" for n in order) or "no row finished"
-    ctx.say(f"  validation: {shown}; keep {', '.join(keep) or 'none'}")
+    beaten = f" (loss weights beaten: {', '.join(weights)})" if weights else ""
+    ctx.say(f"  validation: {shown}; keep {', '.join(keep) or 'none'}{beaten}")
     return {"epochs": int(cells[-1].overrides["epochs"]), "val": scores, "order": order, "kept": keep}
 
 
 def search(ctx: Context) -> tuple[list[str], list[dict]]:
     """Successive halving on the search seed; returns the survivors, best first, and every rung's scores."""
-    plan, alive, rungs = ctx.plan, list(ctx.plan.rows), []
+    plan, alive, rungs = ctx.plan, list(ctx.plan.candidates), []
     for r, epochs in enumerate(plan.rungs):
         grid = stage_grid(plan, f"search_rung{r + 1}", alive, epochs, [plan.search_seed], search=True)
         cells = expand(grid)
@@ -197,10 +206,12 @@ def search(ctx: Context) -> tuple[list[str], list[dict]]:
                                 f"besides the confirmation's share; rung {r} chooses")  # fmt: skip
             break
         first = " (the adapted teacher first)" if any(a.teacher for a in alive) else ""
-        ctx.say(f"search rung {r + 1}/{len(plan.rungs)}: {len(alive)} rows at {n_epochs(epochs)}{first}")
+        rows = len({plan.family(a.name) for a in alive})
+        settings = f" ({len(alive)} settings)" if len(alive) > rows else ""
+        ctx.say(f"search rung {r + 1}/{len(plan.rungs)}: {rows} rows{settings} at {n_epochs(epochs)}{first}")
         run_stage(ctx, grid, cells, allowance, "search/")
         rungs.append(score_rung(ctx, grid, cells, last=r == len(plan.rungs) - 1))
-        alive = [ROWS[n] for n in rungs[-1]["kept"]]
+        alive = [plan.row(n) for n in rungs[-1]["kept"]]
         if not alive:
             break
     return (rungs[-1]["order"][:SURVIVORS] if rungs else []), rungs
@@ -265,12 +276,12 @@ def verdict(plan: Plan, survivors: list[str]) -> dict[str, Any]:
     pick = survivors[0]
     other = pick if pick != "scratch" else next((s for s in survivors if s != "scratch"), None)
     ref, mine = confirmed(plan, "scratch"), confirmed(plan, pick)
-    text = f"pick: {ROWS[pick].title} (chosen by validation on seed {plan.search_seed}); "
+    text = f"pick: {plan.row(pick).title} (chosen by validation on seed {plan.search_seed}); "
     text += f"confirmed test: {summarize(list(mine.values())).format()}" if mine else "not confirmed on a fresh seed"
-    out: dict[str, Any] = {"pick": pick, "title": ROWS[pick].title, "confirmed": mine, "scratch": ref}
+    out: dict[str, Any] = {"pick": pick, "title": plan.row(pick).title, "confirmed": mine, "scratch": ref}
     diff = paired_diff(confirmed(plan, other), ref) if other else None
     if diff is not None and diff.n:
-        whose = "" if other == pick else f"; the runner-up, {ROWS[other].title},"
+        whose = "" if other == pick else f"; the runner-up, {plan.row(other).title},"
         text += f"{whose} paired difference to scratch + EMA: {diff.format()}"
         text += " (one seed: no interval)" if diff.n < 2 else ""
         out["against_scratch"] = {"row": other, "mean": diff.mean, "low": diff.low, "high": diff.high, "n": diff.n}

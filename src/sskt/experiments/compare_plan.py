@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,10 @@ class Row:
     """Distils the adapted teacher (the L-BFGS probe cell of its seed)."""
     source: bool = False
     """Reads the config's sources (SSKT's auxiliary tasks)."""
+    settings: tuple[tuple[str, Any], ...] = ()
+    """Overrides of this candidate's loss weight (a variant of the searched ones)."""
+    family: str = ""
+    """The row this is a variant of ('' for the row itself)."""
 
 
 ROWS = {
@@ -62,6 +66,14 @@ ROWS = {
     )
 }
 DEFAULT_ROWS = ("scratch", "sskt", "kd", "dho")
+WEIGHTS: dict[str, tuple[str, str, str, tuple[float, ...]]] = {
+    "sskt": ("method.sskt.alpha", "a", "alpha", (1.0, 0.5)),
+    "kd": ("method.kd.lam", "l", "lam", (1.0, 0.5)),
+    "kd+sskt": ("method.kd.lam", "l", "lam", (1.0, 0.5)),
+}
+"""The loss weight searched per method on the first rung: its key, the cell tag, its name and the values tried
+besides the config's own (benchmark v3's: SSKT's alpha 1 or 0.5; KD's lam 1 or 0.5 in METHOD.md section 9's form).
+The DHO row chooses its own fusion weights on validation; scratch and FixMatch have no weight searched here."""
 POOL_ROWS = ("sskt_pool", "kd_pool", "dho_pool", "fixmatch")
 
 
@@ -117,6 +129,19 @@ class Plan:
     budget: float
     out: Path
     notes: list[str] = field(default_factory=list)
+    candidates: list[Row] = field(default_factory=list)
+    """The first rung's candidates: every row, and each searched weight's variants right after their row."""
+
+    def __post_init__(self) -> None:
+        self.candidates = self.candidates or list(self.rows)
+
+    def row(self, name: str) -> Row:
+        """The row or variant called ``name``."""
+        return next(r for r in self.candidates if r.name == name)
+
+    def family(self, name: str) -> str:
+        """The row a candidate belongs to (itself for a row)."""
+        return self.row(name).family or name
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -132,8 +157,35 @@ def make_plan(args: argparse.Namespace) -> Plan:
         notes.append(f"the config names no source: SSKT and the adapted teacher use {DEFAULT_SOURCE}")
     rungs = schedule(len(rows), cfg.epochs)
     fresh = [s for s in range(args.seeds + 1) if s != args.search_seed][: args.seeds]
+    candidates = [v for r in rows for v in variants(r, cfg, getattr(args, "fixed_weights", False))]
+    if len(candidates) > len(rows):
+        tried = sorted({f"{r.title.split(' + ')[0]}'s {WEIGHTS[r.method][2]} {dict(r.settings)[WEIGHTS[r.method][0]]:g}"
+                        for r in candidates if r.settings})  # fmt: skip
+        notes.append(f"each loss weight is searched on the first rung ({', '.join(tried)}); the best of each row goes on")
     return Plan(config, cfg, rows, common, sources, cfg.epochs, rungs, args.search_seed, fresh, budget,
-                Path(args.out).resolve(), notes)  # fmt: skip
+                Path(args.out).resolve(), notes, candidates)  # fmt: skip
+
+
+def variants(row: Row, cfg: TrainConfig, fixed: bool) -> list[Row]:
+    """``row`` at the config's own loss weight (same name) and, unless ``fixed``, at the other searched values
+    (``<row>_<tag><value>``, e.g. ``sskt_a0.5``)."""
+    if fixed or row.method not in WEIGHTS:
+        return [row]
+    key, tag, what, values = WEIGHTS[row.method]
+    own = float(_lookup(cfg, key))
+    out = [replace(row, settings=((key, own),))]
+    for v in (v for v in values if v != own):
+        out.append(replace(row, name=f"{row.name}_{tag}{v:g}", title=f"{row.title} ({what} {v:g})",
+                           settings=((key, v),), family=row.name))  # fmt: skip
+    return out
+
+
+def _lookup(cfg: TrainConfig, dotted: str) -> Any:
+    """The config value at ``a.b.c``."""
+    value: Any = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def schedule(n_rows: int, epochs: int) -> list[int]:
@@ -185,6 +237,7 @@ def row_value(plan: Plan, row: Row, epochs: int, root: Path, label: str) -> dict
     """One row's coupled axis value: its method, schedule, sources, teacher and pool."""
     value: dict[str, Any] = {"label": label, "method.name": row.method, "epochs": epochs}
     value |= {"eval_every": max(1, epochs // EVALS), "sources": plan.sources if row.source else []}
+    value |= dict(row.settings)
     if row.teacher:
         value["method.kd.teacher"] = f"checkpoint:{root / TEACHER}-seed{{seed}}"
     if row.pool:
