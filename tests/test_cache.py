@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -333,3 +334,36 @@ def test_a_cache_dir_that_is_a_file_or_read_only_is_one_line(tmp_path: Path) -> 
                 opened(cfg, spec, tiny_source(spec), build=True)
     finally:
         locked.chmod(0o700)
+
+
+def test_a_second_process_needing_the_same_cache_waits_and_opens_what_the_first_built(tmp_path: Path) -> None:
+    """Two builds of one key at once (a grid's parallel cells): the second waits for the first's lock, computes
+    nothing, and both end with the complete cache (before the lock, the second replaced it by a bare header)."""
+    spec, cfg = toy_spec(), cache_cfg(tmp_path)
+    plan = plan_for(cfg, spec, TrainStream(spec, cfg), {TINY: tiny_source(spec)})
+    first_started, release = threading.Event(), threading.Event()
+    seen_second: list[int] = []
+
+    def hold(done: int, total: int) -> None:  # the first build pauses after its first chunk, holding the lock
+        first_started.set()
+        assert release.wait(30)
+
+    first = threading.Thread(target=build_cache, args=(plan,), kwargs={"chunk": 4, "on_chunk": hold,
+                                                                        "show_progress": False})  # fmt: skip
+    first.start()
+    assert first_started.wait(30)
+    second = threading.Thread(target=build_cache, args=(plan,),
+                              kwargs={"chunk": 4, "on_chunk": lambda d, t: seen_second.append(d),
+                                      "show_progress": False})  # fmt: skip
+    second.start()
+    second.join(0.5)
+    assert second.is_alive()  # waiting on the lock
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert not first.is_alive() and not second.is_alive() and seen_second == []
+    assert (plan.path / "p0.s0.logits.npy").is_file()
+    cache = opened(cfg, spec, tiny_source(spec))
+    stream = TrainStream(spec, cfg)
+    params, soft = cache.read(stream.labeled_indices, torch.zeros(len(stream.labeled_indices), dtype=torch.long))
+    assert torch.equal(soft[TINY], fresh(spec, stream, tiny_source(spec), stream.labeled_indices, params).half())

@@ -13,11 +13,14 @@ builder's batches, not of the training batches).
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import shutil
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +179,27 @@ def _bar(show: bool, total: int, done: int) -> Progress:
     return bar
 
 
+@contextlib.contextmanager
+def build_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``.<folder>.lock`` for a build. Without it, two processes that need the same
+    cache (a grid's parallel cells of one seed) both build in the same ``.partial`` folder, and the second to finish
+    replaces the first's finished cache with a folder holding only its header (seen on benchmark v3's grid); with it,
+    the second waits, then opens what the first built. The kernel drops the lock when its holder dies."""
+    lock = path.with_name(f".{path.name}.lock")  # hidden: listings of the caches never see it
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process to finish building the soft-label cache {str(path)!r}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def build_cache(
     plan: Plan, *, chunk: int = 256, batch: int = 256, on_chunk: ChunkHook | None = None, show_progress: bool = True
 ) -> Path:
@@ -186,7 +210,11 @@ def build_cache(
     """
     check_sources(plan.sources)
     try:
-        return _build(plan, chunk, batch, on_chunk, show_progress)
+        with build_lock(plan.path):
+            header = read_header(plan.path)
+            if header and header.get("complete") and header["key"] == plan.key:  # built while this one waited
+                return plan.path
+            return _build(plan, chunk, batch, on_chunk, show_progress)
     except OSError as exc:  # the disk filled up, or cache.dir turned read-only, mid-build: resumable, one line
         raise _cache_write_error(plan.path, exc) from exc
 
