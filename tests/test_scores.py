@@ -105,7 +105,28 @@ def test_nce_matches_the_hand_computation() -> None:
 
 def test_h_score_matches_the_hand_computation() -> None:
     # f = (-2, -1, 1, 2) has mean 0 and variance 10/4 = 2.5; the class means are -1.5 and 1.5, variance 2.25.
+    # In one dimension the shrinkage target is cov(f) itself, so both forms agree.
     assert h_score(F_1D, Y_1D, 2) == pytest.approx(2.25 / 2.5, abs=1e-12)
+    assert h_score(F_1D, Y_1D, 2, shrink=False) == pytest.approx(2.25 / 2.5, abs=1e-12)
+
+
+def test_the_shrunk_h_score_matches_the_hand_computation() -> None:
+    # f = (1,0), (-1,0), (0,2), (0,-2): cov = diag(1/2, 2), mu = 5/4, d2 = 2 (3/4)^2 = 9/8; each ||f f^T - cov||^2 is
+    # 17/4, so b2 = 17/16 and s = 17/18; the shrunk cov is diag(87/72, 93/72). Labels 0, 1, 0, 1: the class means
+    # are +-(1/2, 1), cov(E[f|y]) = [[1/4, 1/2], [1/2, 1]]; H = (1/4) 72/87 + 72/93.
+    f = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0], [0.0, -2.0]])
+    assert h_score(f, torch.tensor([0, 1, 0, 1]), 2) == pytest.approx(18 / 87 + 72 / 93, abs=1e-12)
+
+
+def test_with_fewer_images_than_dimensions_only_the_shrunk_h_score_tells_features_apart() -> None:
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(40) % 4
+    noise = torch.randn(40, 100, generator=gen)
+    informative = noise + 3.0 * torch.nn.functional.one_hot(y, 100).float()
+    # 40 images in 100 dimensions: the pseudo-inverse form is C - 1 = 3 for pure noise and for informative features
+    assert h_score(noise, y, 4, shrink=False) == pytest.approx(3.0, abs=1e-6)
+    assert h_score(informative, y, 4, shrink=False) == pytest.approx(3.0, abs=1e-6)
+    assert h_score(informative, y, 4) > 1.3 * h_score(noise, y, 4)  # 9.8 against 6.6 here
 
 
 @pytest.mark.parametrize("score", [leep, nce])

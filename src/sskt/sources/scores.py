@@ -124,11 +124,16 @@ def nce(logits: Tensor, labels: Tensor, num_classes: int) -> float:
 
 
 # --- H-score -------------------------------------------------------------------------------------------------------
-def h_score(features: Tensor, labels: Tensor, num_classes: int, rcond: float = 1e-10) -> float:
+def h_score(features: Tensor, labels: Tensor, num_classes: int, shrink: bool = True, rcond: float = 1e-10) -> float:
     """H-score (Bao et al., ICIP 2019): ``tr( cov(f)^-1 cov(E[f | y]) )``, both covariances over the N images
-    (``E[f | y]`` is each image's class mean of f). ``cov(f)`` is singular with fewer images than dimensions, so its
-    pseudo-inverse is used (eigenvalues below ``rcond`` times the largest count as 0). Higher is better; at most
-    C - 1 when cov(f) has full rank."""
+    (``E[f | y]`` is each image's class mean of f). Higher is better (at most C - 1 unshrunk).
+
+    With fewer images than dimensions (100 or 1,000 labelled images against EfficientNet-Lite0's 1,280 features)
+    ``cov(f)`` is singular, and the pseudo-inverse form (``shrink=False``; eigenvalues below ``rcond`` times the
+    largest count as 0) equals C - 1 for every source, whatever its features: the class means always lie in the
+    span of the images. ``shrink`` (default) replaces ``cov(f)`` by its Ledoit-Wolf shrinkage towards
+    ``tr(S)/D * I`` (Ledoit & Wolf 2004), as the regularised H-score of Ibrahim et al. (2022) does, so the score
+    tells sources apart at these sizes (shrinking the large eigenvalues may lift it above C - 1)."""
     f = features.double()
     f = f - f.mean(0)
     y = labels.long()
@@ -136,4 +141,19 @@ def h_score(features: Tensor, labels: Tensor, num_classes: int, rcond: float = 1
     means = sums / torch.bincount(y, minlength=num_classes).clamp_min(1)[:, None].double()
     g = means[y]  # E[f | y_i], [N, D]; centred already, since f is
     cov_f, cov_g = f.T @ f / len(f), g.T @ g / len(f)
-    return torch.trace(torch.linalg.pinv(cov_f, rtol=rcond, hermitian=True) @ cov_g).item()
+    if not shrink:
+        return torch.trace(torch.linalg.pinv(cov_f, rtol=rcond, hermitian=True) @ cov_g).item()
+    return torch.trace(torch.linalg.solve(ledoit_wolf(f, cov_f), cov_g)).item()
+
+
+def ledoit_wolf(f: Tensor, cov: Tensor) -> Tensor:
+    """The Ledoit-Wolf shrinkage of ``cov = f^T f / N`` (``f`` centred, [N, D]) towards ``mu I``, ``mu = tr(cov)/D``:
+    ``(1 - s) cov + s mu I`` with ``s = min(b2, d2) / d2``, ``d2 = ||cov - mu I||_F^2`` and
+    ``b2 = 1/N^2 sum_k ||f_k f_k^T - cov||_F^2 = (sum_k ||f_k||^4 - N ||cov||_F^2) / N^2``."""
+    n, dim = f.shape
+    mu = torch.trace(cov) / dim
+    eye = torch.eye(dim, dtype=cov.dtype)
+    d2 = (cov - mu * eye).square().sum()
+    b2 = (f.square().sum(1).square().sum() - n * cov.square().sum()) / n**2
+    s = torch.clamp(b2, max=d2) / d2 if d2 > 0 else torch.tensor(1.0, dtype=cov.dtype)
+    return (1 - s) * cov + s * mu * eye
