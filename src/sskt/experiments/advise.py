@@ -51,9 +51,11 @@ REFERENCE_EMA = 0.999
 """EMA decay of the reference run trained here when the config sets none (FixMatch's default)."""
 RULE = (
     "headroom = probe validation accuracy - scratch + EMA validation accuracy; headroom > 0 suggests the source can "
-    "help (try kd and sskt), headroom <= 0 that scratch + EMA is the pick. Benchmark v2's lesson, not yet measured "
-    "across regimes (issue 27 part 2); LogME, LEEP, NCE and H-score were validated in their papers against "
-    "fine-tuning accuracy only."
+    "help (try kd and sskt), headroom <= 0 that scratch + EMA is the pick. Evidence so far (docs/advise_evidence.md, "
+    "benchmarks/advise_evidence.py): in benchmark v2 (headroom -4.1) no SSKT or KD row gained; the regimes of "
+    "benchmark v3 with positive headroom are still running, so the rule is not yet validated where it says 'help', "
+    "and no score's rank correlation with the gains is claimed. LogME, LEEP, NCE and H-score were validated in their "
+    "papers against fine-tuning accuracy only."
 )
 
 
