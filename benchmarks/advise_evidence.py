@@ -66,8 +66,15 @@ def v3(labels: int, size: int) -> Regime:
 
 
 REGIMES = (
-    Regime("v2", "v2: 100 labels per class, source at 64 px", "benchmarks/records/fashion_v2", 64, "scratch_ema",
-           ("sskt", "sskt_unlabeled", "kd_probe_sskt_unlabeled"), ("kd_probe_unlabeled",)),  # fmt: skip
+    Regime(
+        "v2",
+        "v2: 100 labels per class, source at 64 px",
+        "benchmarks/records/fashion_v2",
+        64,
+        "scratch_ema",
+        ("sskt", "sskt_unlabeled", "kd_probe_sskt_unlabeled"),
+        ("kd_probe_unlabeled",),
+    ),  # fmt: skip
     *(v3(labels, size) for labels in (10, 25, 100) for size in (64, 224)),
 )
 
@@ -95,7 +102,8 @@ def advise_seed(regime: Regime, seed: int, threads: int) -> dict:
         config = Path(tmp) / "config.yaml"  # the run's config in today's terms (an older run's keys upgraded)
         save_config(RunDir(ref).read_config(), config)
         argv = ["--config", str(config), "--sources", SOURCE, "--input-sizes", str(regime.size),
-                "--reference", str(ref), "--out", str(Path(tmp) / "out"), "--progress", "false", "--threads", str(threads)]  # fmt: skip
+                "--reference", str(ref), "--out", str(Path(tmp) / "out"),
+                "--progress", "false", "--threads", str(threads)]  # fmt: skip
         started = time.perf_counter()
         if advise_main(argv) != 0:
             raise SystemExit(f"advise failed on {regime.key} seed {seed}")
@@ -201,7 +209,7 @@ def markdown(rows: list[dict], found: dict) -> str:
             lines.append(f"| {r['title']} | pending: {r['pending']} |" + " |" * 9)
             continue
         s = r["scores"]
-        cell = lambda k, d=1: f"{s[k]['mean']:.{d}f} +- {s[k]['std']:.{d}f}"  # noqa: E731
+        cell = lambda k, d=1, s=s: f"{s[k]['mean']:.{d}f} +- {s[k]['std']:.{d}f}"  # noqa: E731
         gains = [f"{g['row']}: {g['text']}" if g else "pending" for g in (r["sskt_gain"], r["kd_gain"])]
         lines.append(f"| {r['title']} | {len(r['seeds'])} | {cell('probe_val_acc')} | {cell('reference_val_acc')} | "
                      f"{cell('headroom')} | {cell('logme', 3)} | {cell('leep', 3)} | {cell('nce', 3)} | "
@@ -217,8 +225,12 @@ def markdown(rows: list[dict], found: dict) -> str:
         else:
             corr = ", ".join(f"{k} {v:+.2f}" for k, v in f["spearman"].items())
             lines.append(f"  - Spearman's rho with the gain over {f['regimes']} regimes: {corr}.")
-    lines += ["", "Limits: one dataset (Fashion-MNIST), one target (ResNet20), one source (EfficientNet-Lite0), and "
-              "as many regimes as have fresh-seed records; a rule read off so few points is a hint, not a law.", ""]
+    lines += [
+        "",
+        "Limits: one dataset (Fashion-MNIST), one target (ResNet20), one source (EfficientNet-Lite0), and "
+        "as many regimes as have fresh-seed records; a rule read off so few points is a hint, not a law.",
+        "",
+    ]
     return "\n".join(lines)
 
 

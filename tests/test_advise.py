@@ -222,3 +222,31 @@ def test_the_lbfgs_teacher_reads_the_features_advise_cached(
     assert summary["final"]["probe_l2"] == 0.1
     # The same fit on the same features; the run's accuracy comes from its own forward (100 images: 1 point each).
     assert abs(summary["final"]["val_acc"] - advised["probe_val_acc"]) <= 2.0
+
+
+def test_a_second_lbfgs_probe_reads_the_evaluation_features_the_first_computed(
+    small_fmnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The validation and test images are the same for every seed: the second probe (another labelled draw) runs
+    the source on none of them, and scores what a probe without the memo scores."""
+    from sskt.sources.probe import ProbeNet
+
+    seen: list[int] = []
+
+    def counting(self, x):  # noqa: ANN001, ANN202
+        compute = lambda images: (seen.append(len(images)), self.bank(images)["features"].float())[1]  # noqa: E731
+        return compute(x) if self.memo is None else self.memo(x, compute)
+
+    monkeypatch.setattr(ProbeNet, "features", counting)
+    cfg, _ = _config(small_fmnist, tmp_path)
+    cfg.epochs, cfg.precise_bn, cfg.method.name = 1, 0, "probe"
+    cfg.sources = [SourceConfig(name=SOURCE, input_size=32, bn_mode="eval")]
+    cfg.method.probe.solver, cfg.method.probe.l2 = "lbfgs", [0.1]
+    runs = {}
+    for name, seed, memo in (("first", 1, True), ("second", 2, True), ("plain", 2, False)):
+        cfg.out, cfg.seed, cfg.method.probe.feature_cache = str(tmp_path / name), seed, memo
+        seen.clear()
+        runs[name] = (train(cfg)["final"], sum(seen))
+    (_, n_first), (second, n_second), (plain, n_plain) = runs["first"], runs["second"], runs["plain"]
+    assert n_first > 0 and n_second == 0 and n_plain > 0  # the memo served every evaluated image of the second
+    assert abs(second["test_acc"] - plain["test_acc"]) <= 0.5 and abs(second["val_acc"] - plain["val_acc"]) <= 2.0

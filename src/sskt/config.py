@@ -214,7 +214,10 @@ class ProbeConfig:
     feature_cache: bool = True
     """'lbfgs': read the labelled and validation images' features from the feature cache under the cache root
     (cache.dir, $SSKT_CACHE or ~/.cache/sskt: the one ``sskt advise`` fills), computing and storing them there when
-    missing, so one forward of the source serves advise and the teacher; false: compute them in the run only."""
+    missing, so one forward of the source serves advise and the teacher; and evaluate through a memo of features by
+    image content there (``sources.features.FeatureMemo``), so the validation and test images' features are computed
+    by the first probe on a source and read by every later one (every seed and label budget of a benchmark); false:
+    compute them in the run only."""
 
 
 @dataclass

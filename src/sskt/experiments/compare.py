@@ -82,8 +82,11 @@ def parser() -> ArgumentParser:
     p.add_argument("--config", type=str, required=True, help="The run's YAML config (data, target, sources, epochs).")
     p.add_argument("--budget", type=str, default="3h", help="Machine time for every cell together: 3h, 90m, 1h30m.")
     p.add_argument("--methods", type=str, nargs="+", default=None, help=f"Rows besides scratch: {', '.join(ROWS)}.")
-    p.add_argument("--fixed-weights", action="store_true",
-                   help="Keep the config's loss weights (SSKT's alpha, KD's lam) instead of searching them.")
+    p.add_argument(
+        "--fixed-weights",
+        action="store_true",
+        help="Keep the config's loss weights (SSKT's alpha, KD's lam) instead of searching them.",
+    )
     p.add_argument("--seeds", type=int, default=3, help="Fresh seeds that confirm the survivors (at most).")
     p.add_argument("--search-seed", type=int, default=SEARCH_SEED, help="The seed that chooses.")
     p.add_argument("--launcher", type=str, default="local", help="'local' (here) or 'slurm' (waits for each stage).")

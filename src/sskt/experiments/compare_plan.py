@@ -161,7 +161,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if len(candidates) > len(rows):
         tried = sorted({f"{r.title.split(' + ')[0]}'s {WEIGHTS[r.method][2]} {dict(r.settings)[WEIGHTS[r.method][0]]:g}"
                         for r in candidates if r.settings})  # fmt: skip
-        notes.append(f"each loss weight is searched on the first rung ({', '.join(tried)}); the best of each row goes on")
+        notes.append(f"each loss weight is searched on the first rung ({', '.join(tried)}); "
+                     "the best of each row goes on")  # fmt: skip
     return Plan(config, cfg, rows, common, sources, cfg.epochs, rungs, args.search_seed, fresh, budget,
                 Path(args.out).resolve(), notes, candidates)  # fmt: skip
 

@@ -20,16 +20,15 @@ import torch
 from torch import Tensor, nn
 
 from sskt.config import ProbeSolver, TrainConfig
+from sskt.data.datasets import SubsetImageSet
 from sskt.data.spec import Batch
 from sskt.errors import UserError, check_choice
 from sskt.methods.base import METHODS, MethodContext, SingleNetMethod, StepOutput, single_label_primary
-from sskt.data.datasets import SubsetImageSet
 from sskt.sources.base import build_source
 from sskt.sources.cache.key import cache_root
-from sskt.sources.features import source_features
+from sskt.sources.features import FeatureMemo, source_features
 from sskt.sources.linear_eval import L2_GRID, choose_l2
 from sskt.sources.probe import PROBE, build_probe
-
 
 Pair = tuple[Tensor, Tensor]
 """Features [N, D] and labels [N]."""
@@ -83,6 +82,10 @@ class Probe(SingleNetMethod):
             return
         start = time.perf_counter()
         probe = self.networks["target"].raw
+        if self.cfg.method.probe.feature_cache:  # every evaluation of this probe reads features seen before
+            memo = FeatureMemo(cache_root(self.cfg.cache), probe.bank.sources[0].fingerprint())
+            for net in {id(n): n for n in (probe, self.evaluated_target())}.values():
+                net.memo = memo
         grid = tuple(self.cfg.method.probe.l2 or L2_GRID)
         cached = self.cached_features(data, next(probe.parameters()).device)
         labeled, val = cached or (features(probe, data["labeled"]), features(probe, data["val"]))
@@ -99,7 +102,8 @@ class Probe(SingleNetMethod):
         images (then ``features`` reads the batches)."""
         spec = self.ctx.spec
         splits = [getattr(data.get(name), "split", None) for name in ("labeled", "val")]
-        if not self.cfg.method.probe.feature_cache or not all(isinstance(s, SubsetImageSet) and s.split is spec.train for s in splits):
+        from_train = all(isinstance(s, SubsetImageSet) and s.split is spec.train for s in splits)
+        if not self.cfg.method.probe.feature_cache or not from_train:
             return None
         source = build_source(self.cfg.sources[0], spec.mean, spec.std)
         wanted = torch.cat([s.indices for s in splits])
@@ -125,6 +129,6 @@ def features(probe: nn.Module, batches: Iterable) -> tuple[Tensor, Tensor]:
     device = next(probe.parameters()).device
     feats, labels = [], []
     for images, y in batches:
-        feats.append(probe.bank(images.to(device))["features"].float().cpu())
+        feats.append(probe.features(images.to(device)).cpu())
         labels.append(y.cpu())
     return torch.cat(feats), torch.cat(labels)

@@ -7,7 +7,7 @@ sources must not import a method. ``PROBE`` is its architecture name in ``model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -45,9 +45,17 @@ class ProbeNet(nn.Module):
         width = strip_classifier(source.net, f"source {source.name!r}")
         self.bank = SourceBank({"features": source}, chunk=chunk)
         self.fc = nn.Linear(width, num_classes)
+        self.memo: Callable[[Tensor, Callable[[Tensor], Tensor]], Tensor] | None = None
+        """Set by the L-BFGS probe run (``sources.features.FeatureMemo``): features of images seen before are read,
+        not computed. A plain attribute: nothing of it is in the state dict."""
+
+    def features(self, x: Tensor) -> Tensor:
+        """The frozen source's penultimate features of ``x`` (from the memo when one is set)."""
+        compute = lambda images: self.bank(images)["features"].float()  # noqa: E731
+        return compute(x) if self.memo is None else self.memo(x, compute)
 
     def forward(self, x: Tensor) -> TargetOutput:
-        return TargetOutput(self.fc(self.bank(x)["features"].float()))
+        return TargetOutput(self.fc(self.features(x)))
 
 
 def build_probe(
