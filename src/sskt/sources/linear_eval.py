@@ -6,9 +6,12 @@ For features ``f_i`` [D] and labels ``y_i`` of N rows, the fit minimises
     J(W, b) = 1/N sum_i CE(W f_i + b, y_i) + l2/2 ||W||_F^2
 
 (the bias is not penalised). ``l2 = 1/(C N)`` is scikit-learn's ``LogisticRegression(C=C)``. J is strictly convex
-for ``l2 > 0``, so L-BFGS with a strong-Wolfe line search, run in float64 until the gradient's largest entry falls
-below ``tol``, reaches its unique minimum; the SGD probe (``method.name: probe`` trained by the loop) stops where its
-schedule ends, which may be short of it.
+for ``l2 > 0``, so L-BFGS with a strong-Wolfe line search in float64 heads for its unique minimum; it stops when the
+gradient's largest entry falls below ``tol`` or after ``max_iter`` iterations (1,000: ten times scikit-learn's
+default). Measured on 1,000 EfficientNet-Lite0 feature rows (1,280 dimensions): every strength of the grid used the
+1,000 iterations, ending with the largest gradient entry at 1e-6 to 3e-5 and the objective within 1e-6 of its value
+at 300 iterations, the validation accuracy unchanged from 300 on (about 4.5 s a fit on one core). The SGD probe
+(``method.name: probe`` trained by the loop) stops where its schedule ends, which may be well short of it.
 """
 
 from __future__ import annotations
