@@ -78,6 +78,7 @@ LAUNCHERS = ("local", "slurm")
 
 # --- arguments -----------------------------------------------------------------------------------------------------
 def parser() -> ArgumentParser:
+    """``sskt compare``'s options (bad values raise instead of exiting: the CLI turns them into one line)."""
     p = ArgumentParser(prog="sskt compare", description=__doc__.splitlines()[0], exit_on_error=False)
     p.add_argument("--config", type=str, required=True, help="The run's YAML config (data, target, sources, epochs).")
     p.add_argument("--budget", type=str, default="3h", help="Machine time for every cell together: 3h, 90m, 1h30m.")
