@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sskt.experiments.regime_map import Regime, analyse_all, by_regime, write_regime_map
+from sskt.experiments.regime_map import Regime, analyse_all, by_regime, cell_of, write_regime_map
 from sskt.experiments.runs import Run
 
 # row -> (val, test) on seed 0; seed s adds s to both and, for the rows in JITTER, a little more to the test figure
@@ -86,3 +86,15 @@ def test_sskt_report_writes_the_regime_map_and_reads_cpu_seconds(tmp_path) -> No
     assert report_main([str(tmp_path / "runs"), "--out", str(out), "--clock", "cpu", "--regime-map"]) == 0
     assert "Times are CPU seconds" in (out / "report.md").read_text()
     assert "### l10_s224" in (out / "regime_map" / "README.md").read_text()
+
+
+def test_cells_named_as_the_v3_grids_name_them_land_in_their_regime() -> None:
+    summary = {"seed": 0, "best": {"val_acc": 70.0, "test_acc": 69.0}}
+    for name, want in {
+        "l10-s224_sskt_pool-seed0": (Regime(10, 224), "sskt_pool"),
+        "l10_s224-sskt_pool-seed0": (Regime(10, 224), "sskt_pool"),
+        "l10-scratch_ema-seed0": (Regime(10, None), "scratch_ema"),
+        "l25-s64_kd_sskt_pool-seed3": (Regime(25, 64), "kd_sskt_pool"),
+    }.items():
+        regime, row, seed = cell_of(Run(Path(name), {}, [], summary))
+        assert (regime, row) == want and seed == int(name[-1])

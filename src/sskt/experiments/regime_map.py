@@ -25,6 +25,7 @@ from sskt.experiments.stats import PairedDiff, Summary, paired_diff, summarize
 
 CELL = re.compile(r"^(?P<regime>l\d+(?:_s\d+)?)-(?P<row>.+)-seed(?P<seed>\d+)$")
 REGIME = re.compile(r"^l(?P<labels>\d+)(?:_s(?P<px>\d+))?$")
+ROW_PX = re.compile(r"^s(?P<px>\d+)_(?P<row>.+)$")
 SCRATCH, TEACHER = "scratch_ema", "teacher"
 """Row labels of the reference rows: scratch + EMA (the baseline every row pairs with) and the adapted teacher."""
 SSKT_FAMILY = re.compile(r"(^|_)sskt(_|$)")
@@ -50,9 +51,17 @@ class Regime:
 
 
 def cell_of(run: Run) -> tuple[Regime, str, int] | None:
-    """``(regime, row label, seed)`` of a run named like a v3 cell, else None."""
+    """``(regime, row label, seed)`` of a run named like a v3 cell, else None. The source resolution may lead the
+    row instead of closing the regime, as the v3 grids name their cells (regime axis ``l10``, row ``s224_sskt``):
+    ``l10-s224_sskt-seed0`` is row ``sskt`` of regime ``l10_s224``, like ``l10_s224-sskt-seed0``."""
     m = CELL.match(run.path.name)
-    return (Regime.parse(m["regime"]), m["row"], int(m["seed"])) if m else None
+    if not m:
+        return None
+    regime, row = m["regime"], m["row"]
+    lead = ROW_PX.match(row)
+    if lead and "_s" not in regime:
+        regime, row = f"{regime}_s{lead['px']}", lead["row"]
+    return Regime.parse(regime), row, int(m["seed"])
 
 
 def figures(run: Run, metric: str, val: str) -> tuple[float, float] | None:
