@@ -1,8 +1,9 @@
 """What each trained network costs to run: the benchmark's target (ResNet20) against the adapted teachers (not a
 test).
 
-The reference rows of benchmark v2 are the teachers themselves: a linear probe on EfficientNet-Lite0's frozen
-features (fed 64 px, as SSKT's source) and EfficientNet-Lite0 fine-tuned at 32 px. A teacher that beats the small
+The reference rows of benchmarks v2 and v3 are the teachers themselves: a linear probe on EfficientNet-Lite0's
+frozen features (fed 64 px, as SSKT's source in v2, and 224 px, its native size, in v3) and EfficientNet-Lite0
+fine-tuned at 32 px. A teacher that beats the small
 target must also be judged by what it costs at inference. In one process, on random 32 px batches: parameters,
 and images per second of a forward pass (eval mode, no autograd) at batch 256, median of ``--repeats`` timed
 passes after a warm-up, as ratios to the target. ``--json PATH`` writes the figures.
@@ -30,7 +31,7 @@ from torch import nn
 
 from sskt.config import HeadConfig, ModelConfig, SourceConfig
 from sskt.engine.records import cpu_model, load_average, versions
-from sskt.methods.probe import build_probe
+from sskt.sources.probe import build_probe
 from sskt.models import build_target
 
 FASHION = ((0.2860,) * 3, (0.3530,) * 3)
@@ -38,9 +39,11 @@ FASHION = ((0.2860,) * 3, (0.3530,) * 3)
 
 def networks() -> dict[str, nn.Module]:
     lite0 = SourceConfig(name="efficientnet_lite0.imagenet", input_size=64)
+    lite0_224 = SourceConfig(name="efficientnet_lite0.imagenet", input_size=224)
     return {
         "target: resnet20 (32 px)": build_target(ModelConfig(name="resnet20"), 10, {}, HeadConfig()),
         "teacher: probe on efficientnet_lite0 (64 px)": build_probe(lite0, *FASHION, num_classes=10),
+        "teacher: probe on efficientnet_lite0 (224 px, v3)": build_probe(lite0_224, *FASHION, num_classes=10),
         "teacher: efficientnet_lite0 fine-tuned (32 px)": build_target(
             ModelConfig(name="efficientnet_lite0"), 10, {}, HeadConfig()
         ),
