@@ -31,8 +31,8 @@ from torch import nn
 
 from sskt.config import HeadConfig, ModelConfig, SourceConfig
 from sskt.engine.records import cpu_model, load_average, versions
-from sskt.sources.probe import build_probe
 from sskt.models import build_target
+from sskt.sources.probe import build_probe
 
 FASHION = ((0.2860,) * 3, (0.3530,) * 3)
 

@@ -190,6 +190,8 @@ def test_the_first_rung_searches_each_rows_loss_weight_and_the_best_goes_on(
     searched = sorted(c for c in trainer.calls if c.endswith("_e2-seed100"))
     assert searched == sorted(f"{r}_e2-seed100" for r in ["scratch", "sskt", "sskt_a0.5", "kd", "kd_l0.5", "dho"])
     assert "search rung 1/1: 4 rows (6 settings) at 2 epochs" in printed
+    tried = "sskt's alpha 1, sskt's alpha 0.5, kd's lam 1, kd's lam 0.5"
+    assert f"each loss weight is searched on the first rung ({tried})" in printed
     assert RunDir(out / "search" / "sskt_e2-seed100").read_config().method.sskt.alpha == 1.0
     assert RunDir(out / "search" / "kd_l0.5_e2-seed100").read_config().method.kd.lam == 0.5
     # each row goes on at its best weight: SSKT at alpha 0.5 (88 > 82), KD at its own (91 > 80)

@@ -159,10 +159,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     fresh = [s for s in range(args.seeds + 1) if s != args.search_seed][: args.seeds]
     candidates = [v for r in rows for v in variants(r, cfg, getattr(args, "fixed_weights", False))]
     if len(candidates) > len(rows):
-        tried = sorted({f"{r.title.split(' + ')[0]}'s {WEIGHTS[r.method][2]} {dict(r.settings)[WEIGHTS[r.method][0]]:g}"
-                        for r in candidates if r.settings})  # fmt: skip
-        notes.append(f"each loss weight is searched on the first rung ({', '.join(tried)}); "
-                     "the best of each row goes on")  # fmt: skip
+        tried = ", ".join(dict.fromkeys(weight_text(r) for r in candidates if r.settings))
+        notes.append(f"each loss weight is searched on the first rung ({tried}); the best of each row goes on")
     return Plan(config, cfg, rows, common, sources, cfg.epochs, rungs, args.search_seed, fresh, budget,
                 Path(args.out).resolve(), notes, candidates)  # fmt: skip
 
@@ -179,6 +177,12 @@ def variants(row: Row, cfg: TrainConfig, fixed: bool) -> list[Row]:
         out.append(replace(row, name=f"{row.name}_{tag}{v:g}", title=f"{row.title} ({what} {v:g})",
                            settings=((key, v),), family=row.name))  # fmt: skip
     return out
+
+
+def weight_text(row: Row) -> str:
+    """``"kd's lam 0.5"``: the searched weight a candidate runs at."""
+    key, _, what, _ = WEIGHTS[row.method]
+    return f"{row.family or row.name}'s {what} {dict(row.settings)[key]:g}"
 
 
 def _lookup(cfg: TrainConfig, dotted: str) -> Any:
