@@ -100,7 +100,7 @@ def test_a_truncated_cache_array_is_one_line(tmp_path) -> None:
     from sskt.sources.cache import SoftLabelCache
 
     spec, cfg = toy_spec(), cache_cfg(tmp_path)
-    path = opened(cfg, spec, tiny_source(spec)).path
+    path = opened(cfg, spec, tiny_source(spec)).paths[0]
     array = path / "p0.s0.logits.npy"
     array.write_bytes(array.read_bytes()[:200])
     with pytest.raises(UserError, match="is damaged"):

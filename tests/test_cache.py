@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from sskt.config import TrainConfig
 from sskt.data import DatasetSpec, TensorImageSet, TrainStream
 from sskt.errors import UserError
 from sskt.sources import SOURCES, Pretrained, Source
-from sskt.sources.cache import SoftLabelCache, build_cache, cache_key, expand_topk, open_cache, plan_for
+from sskt.sources.cache import CacheSet, SoftLabelCache, build_cache, cache_key, expand_topk, open_cache, plan_for
 
 TINY = "tinycache"
 
@@ -60,7 +61,7 @@ def cache_cfg(tmp_path: Path, **cache) -> TrainConfig:
     return cfg
 
 
-def opened(cfg: TrainConfig, spec: DatasetSpec, src: Source, **kw) -> SoftLabelCache:
+def opened(cfg: TrainConfig, spec: DatasetSpec, src: Source, **kw) -> CacheSet:
     return open_cache(cfg, spec, TrainStream(spec, cfg), {TINY: src}, show_progress=False, **kw)
 
 
@@ -149,7 +150,7 @@ def test_changing_any_key_component_never_reuses_old_logits(tmp_path: Path, what
     with pytest.raises(UserError):  # building not allowed: a clear error, never the base cache
         opened(cfg, spec, src, build=False)
     if what != "bn_mode":
-        assert opened(cfg, spec, src).path != opened(base_cfg, base_spec, base_src).path
+        assert opened(cfg, spec, src).paths != opened(base_cfg, base_spec, base_src).paths
 
 
 def test_batch_statistics_sources_are_refused_with_a_reason(tmp_path: Path) -> None:
@@ -312,7 +313,7 @@ def test_a_full_disk_while_reserving_the_arrays_is_one_line_and_leaves_nothing(t
 def test_cache_arrays_are_allocated_not_sparse(tmp_path: Path) -> None:
     spec, cfg = toy_spec(), cache_cfg(tmp_path)
     cache = opened(cfg, spec, tiny_source(spec), build=True)
-    for array in Path(cache.path).glob("*.logits.npy"):
+    for array in cache.paths[0].glob("*.logits.npy"):
         info = array.stat()
         assert info.st_blocks * 512 >= info.st_size - 4096, "a sparse cache array dies by SIGBUS on a full disk"
 
@@ -367,3 +368,50 @@ def test_a_second_process_needing_the_same_cache_waits_and_opens_what_the_first_
     stream = TrainStream(spec, cfg)
     params, soft = cache.read(stream.labeled_indices, torch.zeros(len(stream.labeled_indices), dtype=torch.long))
     assert torch.equal(soft[TINY], fresh(spec, stream, tiny_source(spec), stream.labeled_indices, params).half())
+
+
+def test_each_network_has_its_own_cache_shared_by_every_run_that_reads_it(tmp_path: Path) -> None:
+    """A run reading two networks (kd+sskt: a teacher and a source) opens one cache per network. A later run that
+    reads one of them, under another name, computes nothing and sees the same logits; both networks' caches hold
+    the same views, so the logits of each are those of one stored image."""
+    spec, cfg = toy_spec(), cache_cfg(tmp_path)
+    stream = TrainStream(spec, cfg)
+    net_a, net_b = tiny_source(spec, seed=0), tiny_source(spec, seed=1)
+    both = open_cache(cfg, spec, stream, {"source": net_a, "teacher": net_b}, show_progress=False)
+    assert len(set(both.paths)) == 2 and both.build_seconds > 0
+    computed: list[int] = []
+    alone = open_cache(cfg, spec, stream, {"kd_teacher": net_b}, show_progress=False,
+                       on_chunk=lambda d, t: computed.append(d))  # fmt: skip
+    assert computed == [] and alone.paths == both.paths[1:]
+    idx = stream.labeled_indices
+    views = torch.arange(len(idx)) % cfg.cache.views
+    params, soft = both.read(idx, views)
+    params_alone, soft_alone = alone.read(idx, views)
+    assert torch.equal(params, params_alone) and torch.equal(soft["teacher"], soft_alone["kd_teacher"])
+    assert torch.equal(soft["source"], fresh(spec, stream, net_a, idx, params).half())
+    assert torch.equal(soft["teacher"], fresh(spec, stream, net_b, idx, params).half())
+
+
+def test_a_build_records_its_seconds_over_every_attempt(tmp_path: Path) -> None:
+    """The equal-time tables charge a cache's build to each run that reads it: the header keeps the seconds of
+    every attempt, a killed one included (each forward here sleeps 0.05 s, so the forwards bound the seconds)."""
+    spec, cfg = toy_spec(), cache_cfg(tmp_path)
+    src = tiny_source(spec)
+    forwards: list[int] = []
+
+    def slow(*_) -> None:
+        forwards.append(1)
+        time.sleep(0.05)
+
+    src.net.register_forward_hook(slow)
+    plan = plan_for(cfg, spec, TrainStream(spec, cfg), {TINY: src})
+
+    def kill(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(plan, chunk=4, on_chunk=kill, show_progress=False)
+    first = len(forwards)
+    build_cache(plan, chunk=4, show_progress=False)
+    assert 0 < first < len(forwards)
+    assert SoftLabelCache(plan.path).build_seconds >= 0.05 * len(forwards)

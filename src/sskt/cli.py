@@ -171,7 +171,8 @@ CACHE_HELP = """usage: sskt cache build --config RUN.yaml [--dotted.override VAL
 
 Build the exact soft-label cache of a run ahead of training: the run's config (the same presets and overrides as
 `sskt train`) decides the sources, the pools, the K stored views (--cache.views) and where it goes (--cache.dir).
-Prints {"cache": folder, "views": K, "bytes": size}. A killed build continues where it stopped."""
+Prints {"caches": [folder per frozen network], "views": K, "bytes": size}: one cache per network, shared by every
+run of the same data that reads it. A killed build continues where it stopped."""
 
 
 def cache_command(argv: list[str]) -> int:
@@ -193,7 +194,7 @@ def cache_command(argv: list[str]) -> int:
     spec = build_dataset(cfg.data)
     stream = TrainStream(spec, cfg)
     cache = open_cache(cfg, spec, stream, run_sources(cfg, spec, device), build=True, show_progress=cfg.progress)
-    print(json.dumps({"cache": str(cache.path), "views": cache.views, "bytes": cache.nbytes()}))
+    print(json.dumps({"caches": [str(p) for p in cache.paths], "views": cache.views, "bytes": cache.nbytes()}))
     return 0
 
 

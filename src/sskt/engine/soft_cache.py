@@ -9,17 +9,12 @@ ahead of time). This module never names a method.
 
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
-
 import torch
 
 from sskt.config import TrainConfig
 from sskt.data.spec import DatasetSpec
 from sskt.engine.distributed import long_barrier
 from sskt.errors import UserError
-from sskt.files import write_text_atomic
 from sskt.methods import METHODS
 from sskt.sources.base import Source, build_sources
 from sskt.sources.cache import open_cache
@@ -47,30 +42,10 @@ def cache_sources(cfg: TrainConfig, frozen: dict[str, Source], device: torch.dev
 
 
 def attach_cache(cfg: TrainConfig, spec: DatasetSpec, stream, fabric, frozen: dict[str, Source]) -> None:
-    """Open the run's cache of ``frozen`` (rank 0 builds it first when missing and allowed) and make ``stream``
-    replay it."""
+    """Open the run's caches of ``frozen`` (rank 0 builds them first when missing and allowed) and make ``stream``
+    replay them. Their build seconds (``CacheSet.build_seconds``) are what equal-time tables charge the run."""
     sources = cache_sources(cfg, frozen, fabric.device)
-    start = time.perf_counter()
     if fabric.is_global_zero:
         open_cache(cfg, spec, stream, sources, show_progress=cfg.progress)
     long_barrier(fabric)  # a build may take hours: longer than dist_timeout
-    cache = open_cache(cfg, spec, stream, sources, build=False)
-    cache.build_seconds = build_seconds(cache.path, time.perf_counter() - start, fabric.is_global_zero)
-    stream.set_view_provider(cache)
-
-
-BUILD_SECONDS = "build_seconds.json"
-"""Beside a cache's files: the seconds its first opener took, that is, building it (the frozen networks' forwards
-over every stored view), which equal-time tables charge to every run that reads the cache."""
-
-
-def build_seconds(folder: Path, elapsed: float, writer: bool) -> float:
-    """The seconds building the cache in ``folder`` took: recorded there by its first opener (``elapsed``, when
-    ``writer``), read back by every later one. A cache built by ``sskt cache build`` is credited with its first
-    training run's opening time instead (seconds, not its build)."""
-    path = folder / BUILD_SECONDS
-    if path.is_file():
-        return float(json.loads(path.read_text()).get("seconds", 0.0))
-    if writer:
-        write_text_atomic(path, json.dumps({"seconds": elapsed}) + "\n")
-    return elapsed
+    stream.set_view_provider(open_cache(cfg, spec, stream, sources, build=False))

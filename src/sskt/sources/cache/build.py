@@ -1,8 +1,9 @@
 """Building the soft-label cache: the key, the plan, and an atomic, resumable, chunked build.
 
 A build writes into ``<folder>.partial``: first every view's augmentation parameters (drawn from a generator seeded
-by the key digest and the pool's name, so a rebuilt cache has the same views), then the header, then the sources'
-logits chunk by chunk, saving the number of finished images atomically after each chunk. A killed build resumes
+by the digest of the key without its source and by the pool's name, so a rebuilt cache has the same views, and so
+has every other source's cache of the same data), then the header, then the source's logits chunk by chunk,
+saving the number of finished images and the seconds spent atomically after each chunk. A killed build resumes
 from the last finished chunk and ends with identical content; the folder is renamed to its final name only when
 complete, so a reader never sees a half-built cache.
 
@@ -31,7 +32,7 @@ from torch import Tensor
 from sskt.data.stream import epoch_generator, read_batches
 from sskt.errors import UserError
 from sskt.sources.base import SourceBank
-from sskt.sources.cache.key import Plan, PoolPlan, check_sources, key_digest
+from sskt.sources.cache.key import Plan, PoolPlan, check_sources, key_digest, views_key
 from sskt.sources.cache.store import DTYPES, HEADER, read_header, read_json, stored_topk, write_json_atomic
 
 PROGRESS = "progress.json"
@@ -42,7 +43,7 @@ ChunkHook = Callable[[int, int], None]
 """Called as ``hook(images_done, images_total)`` after each saved chunk (tests raise from it to kill a build)."""
 
 
-def _header(plan: Plan, complete: bool) -> dict:
+def _header(plan: Plan, complete: bool, seconds: float = 0.0) -> dict:
     srcs = [
         {"key": k, "classes": s.num_classes, "topk": stored_topk(plan.topk, s.num_classes)}
         for k, s in plan.sources.items()
@@ -52,13 +53,15 @@ def _header(plan: Plan, complete: bool) -> dict:
         for i, p in enumerate(plan.pools)
     }
     return {"key": plan.key, "digest": key_digest(plan.key), "complete": complete, "views": plan.views,
-            "topk": plan.topk, "dtype": plan.dtype, "sources": srcs, "pools": pools}  # fmt: skip
+            "topk": plan.topk, "dtype": plan.dtype, "sources": srcs, "pools": pools,
+            **({"build_seconds": seconds} if complete else {})}  # fmt: skip
 
 
 def _create_arrays(partial: Path, plan: Plan) -> None:
-    """Every array at full size; the views' parameters drawn and written now, once, from the key's seed."""
+    """Every array at full size; the views' parameters drawn and written now, once, from the seed of the key
+    without its source (every source's cache of the same data holds the same views)."""
     dtype = DTYPES[plan.dtype]
-    digest = int(key_digest(plan.key)[:15], 16)
+    digest = int(key_digest(views_key(plan.key))[:15], 16)
     for i, pool in enumerate(plan.pools):
         n, k = len(pool.indices), plan.views
         np.save(partial / f"p{i}.index.npy", pool.indices.numpy().astype(np.int64))
@@ -91,15 +94,16 @@ def _reserve(path: Path) -> None:
         os.close(fd)
 
 
-def _start(plan: Plan) -> tuple[Path, int]:
-    """The partial folder, reused when it belongs to this key; returns it and the images already done."""
+def _start(plan: Plan) -> tuple[Path, int, float]:
+    """The partial folder, reused when it belongs to this key; returns it, the images already done and the seconds
+    the earlier attempts spent on them."""
     partial = plan.path.with_name(plan.path.name + ".partial")
     header = read_header(partial)
     if header is not None and header["key"] == plan.key:
-        progress = read_json(partial / PROGRESS)
+        progress = read_json(partial / PROGRESS) or {}
         for array in partial.glob("*.npy"):  # a build begun by an older sskt left sparse files
             _reserve(array)
-        return partial, int(progress.get("done", 0)) if progress else 0
+        return partial, int(progress.get("done", 0)), float(progress.get("seconds", 0.0))
     shutil.rmtree(partial, ignore_errors=True)
     try:
         partial.mkdir(parents=True)
@@ -108,7 +112,7 @@ def _start(plan: Plan) -> tuple[Path, int]:
         shutil.rmtree(partial, ignore_errors=True)
         raise _cache_write_error(plan.path, exc) from exc
     write_json_atomic(partial / HEADER, _header(plan, complete=False))  # last: a header means the arrays exist
-    return partial, 0
+    return partial, 0, 0.0
 
 
 FULL_BYTES = 1 << 20
@@ -221,7 +225,7 @@ def build_cache(
 
 def _build(plan: Plan, chunk: int, batch: int, on_chunk: ChunkHook | None, show_progress: bool) -> Path:
     """``build_cache`` without its error handling."""
-    partial, done = _start(plan)
+    partial, done, before = _start(plan)
     total = sum(len(p.indices) for p in plan.pools)
     # Inference mode and channels-last (~1.9x faster on CPU), in the same source chunks as the online path.
     bank = SourceBank(plan.sources, channels_last=True, chunk=plan.source_chunk).eval()
@@ -237,13 +241,15 @@ def _build(plan: Plan, chunk: int, batch: int, on_chunk: ChunkHook | None, show_
                     store_logits(arrays[key], logits[key], stored_topk(plan.topk, src.num_classes), rows, plan.views)
                     for arr in arrays[key].values():
                         arr.flush()
-                write_json_atomic(partial / PROGRESS, {"done": offset + rows.stop})
+                seconds = before + time.perf_counter() - started
+                write_json_atomic(partial / PROGRESS, {"done": offset + rows.stop, "seconds": seconds})
                 rate = (offset + rows.stop - done) / max(time.perf_counter() - started, 1e-9)
                 bar.update(bar.task_ids[0], completed=offset + rows.stop, rate=f"{rate:.1f}/s")
                 if on_chunk is not None:
                     on_chunk(offset + rows.stop, total)
             offset += n
-    write_json_atomic(partial / HEADER, _header(plan, complete=True))
+    seconds = before + time.perf_counter() - started  # the forwards of every attempt: what the cache cost
+    write_json_atomic(partial / HEADER, _header(plan, complete=True, seconds=seconds))
     (partial / PROGRESS).unlink(missing_ok=True)
     shutil.rmtree(plan.path, ignore_errors=True)  # a stale folder with the same digest prefix
     os.replace(partial, plan.path)

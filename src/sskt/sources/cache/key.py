@@ -1,6 +1,11 @@
-"""What a soft-label cache is of, and where it lives: the key (everything that made the cached logits: each
-source's ``fingerprint()``, the dataset and the content of its splits, the labelled subset, the unlabelled pool,
-the augmentation, K, top-k, dtype), its digest and folder, and the plan a build follows."""
+"""What a soft-label cache is of, and where it lives: the key (everything that made the cached logits: the source's
+``fingerprint()``, the dataset and the content of its splits, the labelled subset, the unlabelled pool, the
+augmentation, K, top-k, dtype), its digest and folder, and the plan a build follows.
+
+A cache holds one frozen network. A run that reads several (KD's teacher and SSKT's source in ``kd+sskt``) opens one
+cache per network; their views are drawn from the key without its source (``views_key``), so every cache of the same
+data holds the same views, and a network's forwards are paid once per data and shared by every run that reads it
+(benchmark v3's four pool rows of a seed read two caches at 224 px where they used to build four)."""
 
 from __future__ import annotations
 
@@ -103,8 +108,16 @@ def content_identity(split: ImageSet) -> dict:
     return {} if digest is None else digest()
 
 
+def views_key(key: dict) -> dict:
+    """The part of a cache key that decides its stored views: everything but the source."""
+    return {k: v for k, v in key.items() if k != "sources"}
+
+
 def cache_key(cfg: TrainConfig, spec: DatasetSpec, stream: TrainStream, sources: Mapping[str, Source]) -> dict:
-    """Everything that made the cached logits, as JSON-able data."""
+    """Everything that made the cached logits of the one source in ``sources``, as JSON-able data; the name a run
+    gives the source is not part of it."""
+    if len(sources) != 1:
+        raise ValueError(f"a soft-label cache holds one source, got {sorted(sources)}")
     data = cfg.data
     pools = {
         p.name: {"count": len(p.indices), "indices_sha256": indices_digest(p.indices), "split_size": len(p.split)}
@@ -113,7 +126,7 @@ def cache_key(cfg: TrainConfig, spec: DatasetSpec, stream: TrainStream, sources:
     }
     return {
         "format": FORMAT,
-        "sources": [{"key": k, **s.fingerprint()} for k, s in sources.items()],
+        "sources": [s.fingerprint() for s in sources.values()],
         "dataset": {"name": spec.name, "split": "train", "size": len(spec.train), "image_size": spec.image_size},
         "target_norm": {"mean": list(spec.mean), "std": list(spec.std)},
         "labeled": {
@@ -157,10 +170,16 @@ class Plan:
 
 
 def plan_for(cfg: TrainConfig, spec: DatasetSpec, stream: TrainStream, sources: dict[str, Source]) -> Plan:
-    """The build plan of a run's cache (its key, folder, pools)."""
-    dtype = cfg.cache.dtype
+    """The build plan of the cache of the one source in ``sources`` (its key, folder, pools)."""
     check_cache_config(cfg.cache)  # the temperatures are the method's: check_config checks them
     check_sources(sources)
     key = cache_key(cfg, spec, stream, sources)
-    return Plan(cache_path(cfg.cache, key), key, stream_pools(stream), sources, stream.normalize,
-                cfg.cache.views, cfg.cache.topk, dtype, cfg.source_chunk)  # fmt: skip
+    return Plan(cache_path(cfg.cache, key), key, stream_pools(stream), dict(sources), stream.normalize,
+                cfg.cache.views, cfg.cache.topk, cfg.cache.dtype, cfg.source_chunk)  # fmt: skip
+
+
+def plans_for(
+    cfg: TrainConfig, spec: DatasetSpec, stream: TrainStream, sources: Mapping[str, Source]
+) -> dict[str, Plan]:
+    """The build plan of each source's cache, by the run's name for the source."""
+    return {k: plan_for(cfg, spec, stream, {k: s}) for k, s in sources.items()}

@@ -2,13 +2,14 @@
 
 Training replays stored views (``SoftLabelCache.lookup`` picks one of the K per sample), so the target sees exactly
 the image the source saw; a soft label is never keyed by sample index alone. The folder name holds a digest of the
-key, and ``cache.json`` holds the key itself: everything that made the logits (each source's ``fingerprint()``,
-dataset, split, labelled subset, unlabelled pool, augmentation, K, top-k, dtype). A mismatch is never reused.
+key, and ``cache.json`` holds the key itself: everything that made the logits (the source's ``fingerprint()``,
+dataset, split, labelled subset, unlabelled pool, augmentation, K, top-k, dtype). A mismatch is never reused. A
+folder holds one source; ``CacheSet`` reads a run's several folders as one (they hold the same views).
 
 Layout of ``<dir>/<dataset>-<digest>/`` (numpy ``.npy`` files, opened memory-mapped so a cache larger than RAM
 works; pools are index spaces such as 'train' or 'stl10:unlabeled', sources are numbered in key order)::
 
-    cache.json                      key, pools, sources, views, topk, dtype
+    cache.json                      key, pools, sources, views, topk, dtype, build_seconds
     p<i>.index.npy   int64 [N]      sorted dataset indices of pool i
     p<i>.params.npy  int64 [N,K,P]  Augment.sample parameters of each view
     p<i>.s<j>.logits.npy  [N,K,C']  source j's logits (C' = C, or k with top-k), in the stored dtype
@@ -30,8 +31,9 @@ from torch import Tensor
 from sskt.errors import UserError
 from sskt.files import write_text_atomic
 
-FORMAT = 1
-"""Bumped whenever the stored layout or the meaning of a stored number changes."""
+FORMAT = 2
+"""Bumped whenever the stored layout or the meaning of a stored number changes (2: one source per folder, views
+drawn from the key without its source)."""
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
@@ -151,6 +153,59 @@ class SoftLabelCache:
     def nbytes(self) -> int:
         """Bytes on disk of every stored array."""
         return sum(f.stat().st_size for f in self.path.glob("*.npy"))
+
+    @property
+    def build_seconds(self) -> float:
+        """Seconds its build took (the source's forwards over every stored view, over every attempt), which
+        equal-time tables charge to every run that reads the cache; 0 when unknown."""
+        return float(self.header.get("build_seconds") or 0.0)
+
+
+class CacheSet:
+    """A run's caches, one per frozen network, read as one ``ViewProvider``: the stored view's params and every
+    network's logits for it, under the names the run gives its networks. Their views are the same by construction
+    (drawn from the key without its source); opening checks that their keys agree on everything else."""
+
+    def __init__(self, caches: dict[str, SoftLabelCache]) -> None:
+        if not caches:
+            raise ValueError("a cache set needs at least one cache")
+        self.caches = caches
+        first = next(iter(caches.values()))
+        self.views = first.views
+        self.num_classes = {name: next(iter(c.num_classes.values())) for name, c in caches.items()}
+        base = {k: v for k, v in first.key.items() if k != "sources"}
+        for name, cache in caches.items():
+            if {k: v for k, v in cache.key.items() if k != "sources"} != base:
+                raise UserError(f"soft-label caches {first.path.name} and {cache.path.name} (for {name!r}) hold "
+                                "different views; delete one and it is rebuilt")  # fmt: skip
+
+    @property
+    def paths(self) -> list[Path]:
+        return [c.path for c in self.caches.values()]
+
+    @property
+    def build_seconds(self) -> float:
+        """The sum of the caches' build seconds."""
+        return sum(c.build_seconds for c in self.caches.values())
+
+    def read(self, indices: Tensor, views: Tensor, split: str = "train") -> tuple[Tensor, dict[str, Tensor]]:
+        """As ``SoftLabelCache.read``, the logits keyed by the run's names for its networks."""
+        soft: dict[str, Tensor] = {}
+        params = None
+        for name, cache in self.caches.items():
+            params, logits = cache.read(indices, views, split)
+            soft[name] = next(iter(logits.values()))
+        return params, soft
+
+    def lookup(
+        self, indices: Tensor, generator: torch.Generator, split: str = "train"
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """As ``SoftLabelCache.lookup``: one of the K stored views per index, chosen with ``generator``."""
+        views = torch.randint(self.views, (len(indices),), generator=generator)
+        return self.read(indices, views, split)
+
+    def nbytes(self) -> int:
+        return sum(c.nbytes() for c in self.caches.values())
 
 
 def describe_key_change(old: object, new: object, prefix: str = "") -> str:
