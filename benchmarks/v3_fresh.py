@@ -7,8 +7,9 @@ one listed first, the shorter schedule); the test set is never read. Two grids a
 
 - ``fresh_<regime>.yaml``: every row at its chosen setting on fresh seeds 0, 1, 2;
 - ``fresh_<regime>_top.yaml``: seeds 3 and 4 for scratch + EMA (every difference pairs with it), the search's top
-  two rows, and the best row outside the SSKT family when neither of the two is (both paired intervals of the
-  report then have five seeds).
+  two rows, and, per source resolution, the best SSKT-family row and the best row outside the family (the rows that
+  source-free rows such as FixMatch join in every resolution's regime): the regime map's verdict pairs exactly
+  these, so its intervals then have five seeds.
 
 The search must be finished (every cell with a summary); otherwise this names the cells still missing and writes
 nothing.
@@ -25,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from sskt.config_io import read_yaml
+from sskt.experiments.regime_map import ROW_PX, SSKT_FAMILY
 from sskt.files import write_text_atomic
 from sskt.rundir import RunDir
 
@@ -58,11 +60,14 @@ def chosen(raw: dict, root: Path) -> tuple[dict[str, dict], dict[str, float], li
 
 
 def top_rows(score: dict[str, float]) -> list[str]:
-    """scratch + EMA, the two rows validation ranks highest, and the best non-SSKT row when those two are SSKT's."""
+    """scratch + EMA, the two rows validation ranks highest, and per source resolution the best SSKT-family row and
+    the best other row (source-free rows belong to every resolution)."""
     order = sorted(score, key=lambda r: -score[r])
     keep = [SCRATCH, *order[:2]]
-    if all("sskt" in r for r in order[:2]):
-        keep += [r for r in order if "sskt" not in r][:1]
+    resolutions = {m["px"] for r in order if (m := ROW_PX.match(r))} or {None}
+    for px in sorted(resolutions, key=str):
+        regime = [r for r in order if r != SCRATCH and (not ROW_PX.match(r) or ROW_PX.match(r)["px"] == px)]
+        keep += [r for r in regime if SSKT_FAMILY.search(r)][:1] + [r for r in regime if not SSKT_FAMILY.search(r)][:1]
     return list(dict.fromkeys(r for r in keep if r in score))
 
 
