@@ -106,6 +106,26 @@ def test_the_sentence_follows_the_headroom(headroom: float, noise: float, expect
     assert expected in said
 
 
+def test_a_reference_still_improving_when_it_stopped_never_makes_a_likely_to_help(tmp_path: Path) -> None:
+    """The reference's last evaluation beat its best before by more than half a point: it was still learning, its
+    accuracy is a lower bound, so advise calls the headroom an upper bound and asks for a longer reference."""
+    from sskt.files import write_text_atomic
+
+    def run(vals: list[float]) -> Path:
+        folder = tmp_path / "-".join(map(str, vals))
+        folder.mkdir()
+        lines = [json.dumps({"epoch": 5 * (i + 1), "val_acc": v}) for i, v in enumerate(vals)]
+        write_text_atomic(folder / "records.jsonl", "\n".join(lines) + "\n")
+        return folder
+
+    assert advise_module.still_improving(run([73.0, 77.1, 79.2, 80.5])) == pytest.approx(1.3)
+    assert advise_module.still_improving(run([69.0, 69.4, 69.5])) is None  # within half a point: converged
+    assert advise_module.still_improving(run([70.0, 72.0, 71.0])) is None  # the best was earlier
+    assert advise_module.still_improving(run([70.0])) is None
+    said = advise_module.sentence({"headroom": 5.2, "noise": 1.7, "label": "s at 224 px"}, improving=1.3)
+    assert "still improving" in said and "likely to help" not in said and "--reference-epochs" in said
+
+
 def test_a_reference_is_trained_when_none_is_given_and_reused_after(
     small_fmnist: Path, tmp_path: Path, counted: list[int]
 ) -> None:

@@ -200,6 +200,7 @@ def read_reference(path: str, cfg: TrainConfig, source: str) -> dict:
         note = "same labels, validation split and target"
     return {
         "val_acc": float(summary["best"]["val_acc"]),
+        "still_improving": still_improving(path),
         "run": str(path),
         "how": source,
         "method": summary.get("method"),
@@ -207,6 +208,24 @@ def read_reference(path: str, cfg: TrainConfig, source: str) -> dict:
         "seconds": summary.get("wall_seconds"),
         "note": note,
     }
+
+
+IMPROVING_POINTS = 0.5
+"""A reference whose last evaluation beats its best before by more than this (validation points) was still learning
+when it stopped. Evaluations of one converged run move by a few tenths (v3's search: scratch + EMA at 10 per class,
+69.4 at 400 epochs, 69.5 at 800); the 20-epoch reference of the demo's settings gained 1.3 at its last one and
+stood 5.4 below a converged one (80.5 against v2's 85.9)."""
+
+
+def still_improving(path: str | Path) -> float | None:
+    """How much the run's validation accuracy rose at its last evaluation over its best before, in points, when that
+    is more than ``IMPROVING_POINTS`` (the run stopped while still learning); None otherwise, or without two
+    evaluations. A reference still improving underestimates scratch + EMA, so every headroom over it is optimistic."""
+    vals = [float(r["val_acc"]) for r in RunDir(path).read_records() if "val_acc" in r]
+    if len(vals) < 2:
+        return None
+    gain = vals[-1] - max(vals[:-1])
+    return gain if gain > IMPROVING_POINTS else None
 
 
 def reference_config(cfg: TrainConfig, out: Path, epochs: int | None) -> TrainConfig:
@@ -233,6 +252,7 @@ def reference(cfg: TrainConfig, args: argparse.Namespace, out: Path) -> dict:
     summary = train(ref)
     return {
         "val_acc": float(summary["best"]["val_acc"]),
+        "still_improving": still_improving(ref.out),
         "run": ref.out,
         "how": "trained",
         "method": "scratch + EMA",
@@ -251,11 +271,18 @@ def noise_points(p1: float, p2: float, n: int) -> float:
     return 100 * math.sqrt((q1 * (1 - q1) + q2 * (1 - q2)) / max(n, 1))
 
 
-def sentence(row: dict) -> str:
-    """One plain sentence from a row's headroom and its noise."""
+def sentence(row: dict, improving: float | None = None) -> str:
+    """One plain sentence from a row's headroom and its noise; ``improving``: the reference's gain at its last
+    evaluation when it stopped still improving (its headroom is then an upper bound, and never 'likely to help')."""
     h, noise, label = row["headroom"], row["noise"], row["label"]
     if h <= 0:
         return f"{label}: no headroom ({h:+.1f} points): scratch + EMA is the pick"
+    if improving is not None:
+        return (
+            f"{label}: {h:+.1f} points of headroom over a reference still improving when it stopped "
+            f"(+{improving:.1f} at its last evaluation), so at most that; train the reference longer "
+            "(--reference-epochs, or --reference RUN of a converged run) before choosing"
+        )
     if h <= noise:
         return (
             f"{label}: {h:+.1f} points of headroom, within the validation noise (+-{noise:.1f}); it may help: "
@@ -264,12 +291,12 @@ def sentence(row: dict) -> str:
     return f"{label}: {h:+.1f} points of headroom, likely to help; try kd and sskt"
 
 
-def rank(rows: list[dict], ref_acc: float, n_val: int) -> list[dict]:
+def rank(rows: list[dict], ref_acc: float, n_val: int, improving: float | None = None) -> list[dict]:
     """Headroom, noise, sentence and rank of every row, best headroom first."""
     for row in rows:
         row["headroom"] = row["probe_val_acc"] - ref_acc
         row["noise"] = noise_points(row["probe_val_acc"], ref_acc, n_val)
-        row["sentence"] = sentence(row)
+        row["sentence"] = sentence(row, improving)
     rows = sorted(rows, key=lambda r: -r["headroom"])
     for i, row in enumerate(rows, 1):
         row["rank"] = i
@@ -312,7 +339,10 @@ def show(result: dict, console: Console) -> None:
     """The table, one sentence per source, and the verdict."""
     console.print(table(result))
     lines = [f"  {row['sentence']}" for row in result["rows"]] + [result["verdict"]]
-    lines.append(f"reference: {result['reference']['note']}; wrote {result['out']}/advise.json and advise.png")
+    ref = result["reference"]
+    improving = ref.get("still_improving")
+    learning = f"; still improving at its last evaluation (+{improving:.1f})" if improving is not None else ""
+    lines.append(f"reference: {ref['note']}{learning}; wrote {result['out']}/advise.json and advise.png")
     for line in lines:
         console.print(line, soft_wrap=True, markup=False, highlight=False)
 
@@ -334,7 +364,7 @@ def advise(args: argparse.Namespace, cfg: TrainConfig, console: Console) -> dict
         console.print(f"[{i}/{len(todo)}] {candidate.label}", soft_wrap=True, markup=False, highlight=False)
         rows.append(assess(candidate, spec, split, cfg, cfg.progress))
     ref = ref or reference(cfg, args, out)
-    rows = rank(rows, ref["val_acc"], len(split.val))
+    rows = rank(rows, ref["val_acc"], len(split.val), ref.get("still_improving"))
     return {
         "dataset": spec.name,
         "num_classes": spec.num_classes,
