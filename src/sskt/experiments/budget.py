@@ -41,7 +41,8 @@ def timed_records(run: Run) -> list[dict]:
 
 def overhead_seconds(run: Run) -> float:
     """Seconds a run paid before training that a user running it alone pays too: building the soft-label cache it
-    reads (every run that reads a cache is charged its whole build), and its KD teacher's training cost."""
+    reads (one per frozen network; every run that reads a cache is charged its whole build), and its KD teacher's
+    training cost."""
     teacher = run.config.get("method.kd.teacher")
     cost = float(run.summary.get("cache_build_seconds") or 0.0)
     if isinstance(teacher, str) and teacher.startswith("checkpoint:"):

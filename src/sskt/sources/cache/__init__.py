@@ -47,12 +47,13 @@ def open_cache(
 
 def _nearest(plan: Plan) -> str:
     """What differs between ``plan``'s key and the caches of the same dataset already on disk."""
-    diffs = []
+    same, other = [], []  # caches of the same network first: another network's cache always differs in its source
     for folder in sorted(plan.path.parent.glob(f"{plan.key['dataset']['name']}-*")):
         header = read_header(folder)
         if header and header.get("complete"):
-            diffs.append(f"{folder.name} differs in {describe_key_change(header['key'], plan.key)}")
-    return "; ".join(diffs[:3]) or "none built yet"
+            line = f"{folder.name} differs in {describe_key_change(header['key'], plan.key)}"
+            (same if header["key"].get("sources") == plan.key["sources"] else other).append(line)
+    return "; ".join((same + other)[:3]) or "none built yet"
 
 
 __all__ = [

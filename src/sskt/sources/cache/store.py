@@ -7,18 +7,20 @@ dataset, split, labelled subset, unlabelled pool, augmentation, K, top-k, dtype)
 folder holds one source; ``CacheSet`` reads a run's several folders as one (they hold the same views).
 
 Layout of ``<dir>/<dataset>-<digest>/`` (numpy ``.npy`` files, opened memory-mapped so a cache larger than RAM
-works; pools are index spaces such as 'train' or 'stl10:unlabeled', sources are numbered in key order)::
+works; pools are index spaces such as 'train' or 'stl10:unlabeled'; the one source is ``s0``)::
 
-    cache.json                      key, pools, sources, views, topk, dtype, build_seconds
+    cache.json                      key, pools (with each one's params_sha256), sources, views, topk, dtype,
+                                    build_seconds
     p<i>.index.npy   int64 [N]      sorted dataset indices of pool i
     p<i>.params.npy  int64 [N,K,P]  Augment.sample parameters of each view
-    p<i>.s<j>.logits.npy  [N,K,C']  source j's logits (C' = C, or k with top-k), in the stored dtype
+    p<i>.s<j>.logits.npy  [N,K,C']  the source's logits (C' = C, or k with top-k), in the stored dtype
     p<i>.s<j>.classes.npy int32 [N,K,k]  top-k class indices (top-k only)
     p<i>.s<j>.rest.npy    [N,K]     top-k only: log of the mass left outside the top k, per remaining class
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -38,6 +40,11 @@ drawn from the key without its source)."""
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
 HEADER = "cache.json"
+
+
+def params_sha256(path: Path) -> str:
+    """sha256 of a pool's stored view parameters: caches of several networks are read together only when equal."""
+    return hashlib.sha256(np.ascontiguousarray(np.load(path, mmap_mode="r")).tobytes()).hexdigest()
 
 
 def stored_topk(topk: int | None, num_classes: int) -> int | None:
@@ -154,6 +161,14 @@ class SoftLabelCache:
         """Bytes on disk of every stored array."""
         return sum(f.stat().st_size for f in self.path.glob("*.npy"))
 
+    def views_digest(self) -> dict[str, str]:
+        """Per pool, the sha256 of its stored view parameters (recorded at build; computed for a cache built before
+        the header recorded it)."""
+        return {
+            name: meta.get("params_sha256") or params_sha256(self.path / f"{meta['file']}.params.npy")
+            for name, meta in self.header["pools"].items()
+        }
+
     @property
     def build_seconds(self) -> float:
         """Seconds its build took (the source's forwards over every stored view, over every attempt), which
@@ -173,11 +188,11 @@ class CacheSet:
         first = next(iter(caches.values()))
         self.views = first.views
         self.num_classes = {name: next(iter(c.num_classes.values())) for name, c in caches.items()}
-        base = {k: v for k, v in first.key.items() if k != "sources"}
+        views = first.views_digest()
         for name, cache in caches.items():
-            if {k: v for k, v in cache.key.items() if k != "sources"} != base:
+            if cache.views_digest() != views:  # built by code whose view sampling differed: never mix them
                 raise UserError(f"soft-label caches {first.path.name} and {cache.path.name} (for {name!r}) hold "
-                                "different views; delete one and it is rebuilt")  # fmt: skip
+                                "different views; delete the older one and it is rebuilt")  # fmt: skip
 
     @property
     def paths(self) -> list[Path]:
