@@ -436,3 +436,42 @@ def test_a_build_records_its_seconds_over_every_attempt(tmp_path: Path) -> None:
     build_cache(plan, chunk=4, show_progress=False)
     assert killed >= 0.05 * first > 0 and len(forwards) > first
     assert SoftLabelCache(plan.path).build_seconds >= killed + 0.05 * (len(forwards) - first)
+
+
+def test_prune_frees_only_what_no_run_can_read(tmp_path: Path, capsys) -> None:
+    """``sskt cache prune`` removes a cache of an older format and a build killed and never resumed, with their
+    locks; it keeps the current caches, a build under way (its lock held), and folders that are not caches."""
+    import fcntl
+
+    from sskt.cli import main
+
+    spec, cfg = toy_spec(), cache_cfg(tmp_path)
+    root = Path(cfg.cache.dir)
+    (current,) = opened(cfg, spec, tiny_source(spec)).paths
+    old = root / "toy-00000000000000aa"
+    old.mkdir()
+    (old / "cache.json").write_text(json.dumps({"key": {"format": 1}, "complete": True}))
+    np.save(old / "p0.s0.logits.npy", np.zeros((100, 4, 7), np.float16))
+    (root / ".toy-00000000000000aa.lock").touch()
+    killed = root / "toy-00000000000000bb.partial"
+    killed.mkdir()
+    np.save(killed / "p0.params.npy", np.zeros((10, 4, 3), np.int64))
+    running = root / "toy-00000000000000cc.partial"
+    running.mkdir()
+    lock = root / ".toy-00000000000000cc.lock"
+    lock.touch()
+    (root / "notes-mine").mkdir()
+    fd = os.open(lock, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another build holds it
+    try:
+        assert main(["cache", "prune", "--dir", str(root), "--dry-run"]) == 0
+        assert "would remove 2 cache folder(s)" in capsys.readouterr().out and old.is_dir() and killed.is_dir()
+        assert main(["cache", "prune", "--dir", str(root)]) == 0
+    finally:
+        os.close(fd)
+    out = capsys.readouterr().out
+    assert "format 1, this sskt reads 2" in out and "an unfinished build" in out and "removed 2 cache folder(s)" in out
+    assert not old.exists() and not killed.exists() and not (root / ".toy-00000000000000aa.lock").exists()
+    assert current.is_dir() and running.is_dir() and lock.exists() and (root / "notes-mine").is_dir()
+    assert main(["cache", "prune", "--dir", str(root), "--stray"]) == 2
+    assert "unexpected argument '--stray'" in capsys.readouterr().err

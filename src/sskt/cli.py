@@ -168,11 +168,16 @@ def report_command(argv: list[str]) -> int:
 
 
 CACHE_HELP = """usage: sskt cache build --config RUN.yaml [--dotted.override VALUE ...]
+       sskt cache prune [--dir DIR] [--dry-run]
 
 Build the exact soft-label cache of a run ahead of training: the run's config (the same presets and overrides as
 `sskt train`) decides the sources, the pools, the K stored views (--cache.views) and where it goes (--cache.dir).
 Prints {"caches": [folder per frozen network], "views": K, "bytes": size}: one cache per network, shared by every
-run of the same data that reads it. A killed build continues where it stopped."""
+run of the same data that reads it. A killed build continues where it stopped.
+
+`prune` frees the disk of caches no run can read any more under DIR (default: $SSKT_CACHE, else ~/.cache/sskt):
+caches of an older format and builds killed and never resumed (a build under way is kept); it prints what it removed
+and the space freed, and --dry-run only lists them."""
 
 
 def cache_command(argv: list[str]) -> int:
@@ -180,7 +185,9 @@ def cache_command(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help") or any(a in ("-h", "--help") for a in argv[1:2]):
         print(CACHE_HELP)
         return 0 if argv else 2
-    check_choice("cache command", argv[0], ("build",))
+    check_choice("cache command", argv[0], ("build", "prune"))
+    if argv[0] == "prune":
+        return cache_prune(argv[1:])
     cfg = parse_train_args(argv[1:])
     import torch
 
@@ -195,6 +202,34 @@ def cache_command(argv: list[str]) -> int:
     stream = TrainStream(spec, cfg)
     cache = open_cache(cfg, spec, stream, run_sources(cfg, spec, device), build=True, show_progress=cfg.progress)
     print(json.dumps({"caches": [str(p) for p in cache.paths], "views": cache.views, "bytes": cache.nbytes()}))
+    return 0
+
+
+def cache_prune(argv: list[str]) -> int:
+    """``sskt cache prune [--dir DIR] [--dry-run]``: remove the caches no run can read any more."""
+    import argparse
+
+    from sskt.config import CacheConfig
+    from sskt.sources.cache.key import cache_root
+    from sskt.sources.cache.prune import prune
+
+    parser = argparse.ArgumentParser(prog="sskt cache prune", exit_on_error=False)
+    parser.add_argument("--dir", default=None)
+    parser.add_argument("--dry-run", action="store_true")
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except argparse.ArgumentError as exc:
+        raise UserError(f"sskt cache prune: {exc}") from None
+    if extra:
+        raise UserError(f"sskt cache prune: unexpected argument {extra[0]!r}; valid: --dir DIR, --dry-run")
+    root = cache_root(CacheConfig(dir=args.dir))
+    if not root.is_dir():
+        raise UserError(f"sskt cache prune: no cache folder at {str(root)!r}")
+    removed = prune(root, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for folder, why, size in removed:
+        print(f"{verb} {folder} ({why}, {size / 1e6:.1f} MB)")
+    print(f"{verb} {len(removed)} cache folder(s), {sum(s for _, _, s in removed) / 1e6:.1f} MB, under {root}")
     return 0
 
 
