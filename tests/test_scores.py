@@ -64,6 +64,28 @@ def test_logme_equals_the_maximised_evidence_found_without_the_fixed_point(n: in
     assert logme(f, y, 3) == pytest.approx(_brute_force_logme(f, y, 3), abs=1e-5)
 
 
+def test_logme_reaches_the_noise_free_limit_when_the_evidence_runs_there() -> None:
+    """Fewer images than dimensions, features far from the origin (as Lite0's non-negative penultimate features
+    are): the fixed point sends beta to infinity, which left the floats (NaN; -inf on the v3 benchmark's 100
+    labelled images). The evidence there tends to the noise-free Gaussian's, max over alpha of
+    log N(y_c; 0, f f^T / alpha), which a direct maximisation also finds."""
+    gen = torch.Generator().manual_seed(0)
+    n, d, classes = 40, 400, 5
+    y = torch.arange(n) % classes
+    f = (torch.randn(classes, d, generator=gen)[y] + torch.randn(n, d, generator=gen)).abs()
+    gram = f.double() @ f.double().T
+    logdet = torch.linalg.slogdet(gram)[1].item()
+    limits = []
+    for c in range(classes):
+        yc = (y == c).double()
+        alpha = n / (yc @ torch.linalg.solve(gram, yc)).item()  # the maximising alpha of the noise-free evidence
+        limits.append(-n / 2 * math.log(2 * math.pi) - logdet / 2 + n / 2 * math.log(alpha) - n / 2)
+    score = logme(f, y, classes)
+    assert math.isfinite(score)
+    assert score == pytest.approx(sum(limits) / classes / n, abs=1e-6)
+    assert score == pytest.approx(_brute_force_logme(f, y, classes), abs=1e-6)
+
+
 def test_logme_is_invariant_to_rotating_the_features_and_renaming_the_classes() -> None:
     gen = torch.Generator().manual_seed(1)
     f, y = torch.randn(40, 6, generator=gen), torch.randint(0, 4, (40,), generator=gen)
