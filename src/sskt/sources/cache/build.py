@@ -57,8 +57,8 @@ def _header(plan: Plan, partial: Path, complete: bool, seconds: float = 0.0) -> 
         for k, s in plan.sources.items()
     ]
     pools = {
-        p.name: {"file": f"p{i}", "count": len(p.indices), "params": p.augment.num_params,
-                 "params_sha256": params_sha256(partial / f"p{i}.params.npy")}
+        p.name: {"file": f"p{i}", "count": len(p.indices), "params": p.augment.num_params}
+        | ({"params_sha256": params_sha256(partial / f"p{i}.params.npy")} if complete else {})
         for i, p in enumerate(plan.pools)
     }  # fmt: skip
     return {"key": plan.key, "digest": key_digest(plan.key), "complete": complete, "views": plan.views,

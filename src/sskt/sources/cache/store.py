@@ -133,12 +133,14 @@ class SoftLabelCache:
             raise UserError(f"dataset index {int(idx[missing][0])} of {split!r} is not in cache {self.path.name}")
         return pool, rows.numpy()
 
-    def read(self, indices: Tensor, views: Tensor, split: str = "train") -> tuple[Tensor, dict[str, Tensor]]:
-        """Stored view ``views[i]`` (int64 [n]) of each dataset index: params int64 [n, P] and logits [n, C_m]
-        per source (the stored dtype; top-k caches expand to float32)."""
+    def read(
+        self, indices: Tensor, views: Tensor, split: str = "train", with_params: bool = True
+    ) -> tuple[Tensor | None, dict[str, Tensor]]:
+        """Stored view ``views[i]`` (int64 [n]) of each dataset index: params int64 [n, P] (None unless
+        ``with_params``) and logits [n, C_m] per source (the stored dtype; top-k caches expand to float32)."""
         pool, r = self.rows(indices, split)
         v = views.to("cpu", torch.int64).numpy()
-        params = torch.from_numpy(np.ascontiguousarray(pool.params[r, v]))
+        params = torch.from_numpy(np.ascontiguousarray(pool.params[r, v])) if with_params else None
         soft = {}
         for key, arr in pool.logits.items():
             values = torch.from_numpy(np.ascontiguousarray(arr[r, v]))
@@ -179,7 +181,7 @@ class SoftLabelCache:
 class CacheSet:
     """A run's caches, one per frozen network, read as one ``ViewProvider``: the stored view's params and every
     network's logits for it, under the names the run gives its networks. Their views are the same by construction
-    (drawn from the key without its source); opening checks that their keys agree on everything else."""
+    (drawn from the key without its source); opening checks it on the stored view parameters' digests."""
 
     def __init__(self, caches: dict[str, SoftLabelCache]) -> None:
         if not caches:
@@ -204,11 +206,13 @@ class CacheSet:
         return sum(c.build_seconds for c in self.caches.values())
 
     def read(self, indices: Tensor, views: Tensor, split: str = "train") -> tuple[Tensor, dict[str, Tensor]]:
-        """As ``SoftLabelCache.read``, the logits keyed by the run's names for its networks."""
+        """As ``SoftLabelCache.read``, the logits keyed by the run's names for its networks; the params (the same
+        in every cache) are read from the first."""
         soft: dict[str, Tensor] = {}
         params = None
-        for name, cache in self.caches.items():
-            params, logits = cache.read(indices, views, split)
+        for i, (name, cache) in enumerate(self.caches.items()):
+            found, logits = cache.read(indices, views, split, with_params=i == 0)
+            params = found if i == 0 else params
             soft[name] = next(iter(logits.values()))
         return params, soft
 
